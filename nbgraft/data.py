@@ -1,0 +1,192 @@
+"""CIFAR-10/100 as in-memory arrays, the few-shot draw and the validation pool.
+
+Few-shot sets hold 10 to 5,000 images, so everything lives in tensors on the training device and is
+augmented there: no DataLoader, no workers.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .profiles import DATASETS
+
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409)}
+STD = {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2673, 0.2564, 0.2762)}
+CLASS_NAMES_CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+_TV_FOLDER = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+VAL_SEED = 20210202  # the validation pool is fixed per data set, whatever the few-shot seed
+
+
+def default_data_root() -> Path:
+    return Path(os.environ.get("NBGRAFT_DATA", Path(__file__).resolve().parents[1] / "data"))
+
+
+@dataclass
+class ImageData:
+    """uint8 NHWC images and int64 labels of one data set; `source` says where they came from."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    source: str
+
+    @property
+    def num_classes(self) -> int:
+        return NUM_CLASSES[self.name]
+
+
+def check_dataset(name: str) -> str:
+    key = name.lower().replace("-", "")
+    if key not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; nbgraft knows {', '.join(DATASETS)}")
+    return key
+
+
+_LOADED: dict[tuple[str, str], ImageData] = {}
+
+
+def load_dataset(name: str, root: str | os.PathLike | None = None, download: bool = True) -> ImageData:
+    """Load from, in order: `root/<name>.npz`, a torchvision root under `root`, torchvision's download."""
+    name = check_dataset(name)
+    root = Path(root) if root is not None else default_data_root()
+    key = (name, str(root.resolve()))
+    if key not in _LOADED:
+        _LOADED[key] = _load_uncached(name, root, download)
+    return _LOADED[key]
+
+
+def _load_uncached(name: str, root: Path, download: bool) -> ImageData:
+    npz = root / f"{name}.npz"
+    if npz.is_file():
+        with np.load(npz) as f:
+            return ImageData(name, f["x_train"], f["y_train"].astype(np.int64), f["x_test"], f["y_test"].astype(np.int64),
+                             source=f"npz arrays {npz}")
+    tried = [f"{npz} (no such file)"]
+    if (root / _TV_FOLDER[name]).is_dir():
+        return _from_torchvision(name, root, download=False, source=f"torchvision root {root}")
+    tried.append(f"a torchvision root {root / _TV_FOLDER[name]} (no such folder)")
+    if download:
+        try:
+            return _from_torchvision(name, root, download=True, source=f"torchvision download into {root}")
+        except Exception as err:  # no network, proxy, disk: all end in the one message below
+            tried.append(f"torchvision's download into {root} ({type(err).__name__}: {err})")
+    raise FileNotFoundError(
+        f"could not find {name}. Tried: " + "; ".join(tried) + ". Either run "
+        f"`python ../shared/data/unpack.py {root}` where the offline packs exist, put torchvision's "
+        f"'{_TV_FOLDER[name]}' folder under {root}, or connect to the internet; pass another folder with "
+        "data_root=... or the NBGRAFT_DATA environment variable."
+    )
+
+
+def _from_torchvision(name: str, root: Path, download: bool, source: str) -> ImageData:
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    tr = cls(str(root), train=True, download=download)
+    te = cls(str(root), train=False, download=download)
+    return ImageData(name, np.asarray(tr.data), np.asarray(tr.targets, dtype=np.int64), np.asarray(te.data),
+                     np.asarray(te.targets, dtype=np.int64), source=source)
+
+
+# --------------------------------------------------------------------------- splits
+@dataclass(frozen=True)
+class Split:
+    """Indices into the train split: the teacher's training part, the validation pool, the few-shot draw."""
+
+    teacher_train: np.ndarray
+    val: np.ndarray
+    few_shot: np.ndarray | None = None
+
+
+def validation_pool(y_train: np.ndarray, per_class: int) -> np.ndarray:
+    """A fixed, class-balanced set of train indices held out for every choice we make (never the test set)."""
+    rng = np.random.default_rng(VAL_SEED)
+    picks = []
+    for c in np.unique(y_train):
+        idx = np.flatnonzero(y_train == c)
+        if per_class > len(idx):
+            raise ValueError(f"validation pool of {per_class} per class is larger than class {c} ({len(idx)} images)")
+        picks.append(rng.permutation(idx)[:per_class])
+    return np.sort(np.concatenate(picks))
+
+
+def few_shot_indices(y_train: np.ndarray, shots: int, seed: int, exclude: np.ndarray) -> np.ndarray:
+    """N images per class, drawn by `seed` from the train split outside the validation pool.
+
+    Deterministic and nested: the draw for (N, seed) is a prefix of one permutation
+    per class, so 5 shots with seed s contain the 1 shot of seed s.
+    """
+    if not isinstance(shots, (int, np.integer)) or shots < 1:
+        raise ValueError(f"shots must be a whole number >= 1, got {shots!r}")
+    blocked = np.zeros(len(y_train), dtype=bool)
+    blocked[exclude] = True
+    rng = np.random.default_rng([seed, 7])
+    picks = []
+    for c in np.unique(y_train):
+        idx = np.flatnonzero((y_train == c) & ~blocked)
+        if shots > len(idx):
+            raise ValueError(
+                f"N={shots} shots is more than class {c} has outside the validation pool ({len(idx)} images); "
+                f"use N <= {len(idx)}"
+            )
+        picks.append(rng.permutation(idx)[:shots])
+    return np.concatenate(picks)
+
+
+def make_split(data: ImageData, val_per_class: int, shots: int | None = None, seed: int = 0) -> Split:
+    val = validation_pool(data.y_train, val_per_class)
+    teacher_train = np.setdiff1d(np.arange(len(data.y_train)), val)
+    few = few_shot_indices(data.y_train, shots, seed, exclude=val) if shots is not None else None
+    return Split(teacher_train, val, few)
+
+
+def test_arrays(data: ImageData, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The test split (its first `limit` images in tests), for reporting only."""
+    return data.x_test[:limit], data.y_test[:limit]
+
+
+# --------------------------------------------------------------------------- tensors
+def to_tensor(x: np.ndarray, name: str, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 NHWC -> normalised float32 NCHW on `device`."""
+    t = torch.from_numpy(np.ascontiguousarray(x)).to(device).permute(0, 3, 1, 2).float().div_(255)
+    mean = torch.tensor(MEAN[name], device=t.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD[name], device=t.device).view(1, 3, 1, 1)
+    return ((t - mean) / std).contiguous()
+
+
+def denormalise(x: torch.Tensor, name: str) -> torch.Tensor:
+    mean = torch.tensor(MEAN[name], device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD[name], device=x.device).view(1, 3, 1, 1)
+    return (x * std + mean).clamp(0, 1)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop with `pad`-pixel zero padding and horizontal flip, for a whole batch at once."""
+    n, _, h, w = x.shape
+    gen_dev = generator.device
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=gen_dev).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=gen_dev).to(x.device)
+    flip = (torch.rand(n, generator=generator, device=gen_dev) < 0.5).to(x.device)
+    rows = dy[:, None] + torch.arange(h, device=x.device)[None, :]  # (n, h)
+    cols = dx[:, None] + torch.arange(w, device=x.device)[None, :]  # (n, w)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    b = torch.arange(n, device=x.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]]  # (n, h, w, c)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator, drop_last: bool = False):
+    """Shuffled index batches for one epoch, drawn from `generator` (so runs replay exactly)."""
+    order = torch.randperm(n, generator=generator, device=generator.device).cpu()
+    stop = n - (n % batch_size) if drop_last and n >= batch_size else n
+    for i in range(0, stop, batch_size):
+        yield order[i : i + batch_size]

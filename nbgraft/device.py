@@ -1,0 +1,37 @@
+"""Pick the accelerator once, the same way everywhere: cuda, then mps, then cpu."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """`requested` may be None/"auto" (best available) or an explicit torch device string."""
+    if requested not in (None, "", "auto"):
+        dev = torch.device(requested)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {requested!r} asked for, but no CUDA GPU is visible; use device='auto' or 'cpu'")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    _use_all_cores()
+    return torch.device("cpu")
+
+
+def _use_all_cores() -> None:
+    """Small convolutions on CPU are fastest with one intra-op thread per physical core."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (fast and safe without a grad scaler); a no-op elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

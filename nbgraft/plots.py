@@ -1,0 +1,42 @@
+"""One look for every figure of the book, and stable, byte-reproducible figure and table files."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+from .cache import atomic_write_bytes, default_output_root
+
+BOOK_WIDTH_IN = 7.0  # figure width that reads well at Jupyter Book's text width
+TEACHER_STYLE = {"color": "0.25", "linestyle": "--", "linewidth": 1.2}
+
+
+def set_theme() -> None:
+    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind", font_scale=0.95)
+    plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "savefig.bbox": "tight",
+                         "figure.figsize": (BOOK_WIDTH_IN, BOOK_WIDTH_IN * 0.55)})
+
+
+def teacher_line(ax, accuracy: float, label: str = "teacher") -> None:
+    """The teacher's accuracy as the reference (ceiling) line."""
+    ax.axhline(accuracy, **TEACHER_STYLE, label=f"{label} ({accuracy:.1f}%)")
+
+
+def save_figure(fig, name: str, output_root=None) -> Path:
+    """outputs/figures/<name>.png, written atomically with no timestamp in it (byte-stable)."""
+    path = Path(output_root if output_root is not None else default_output_root()) / "figures" / f"{name}.png"
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def save_table(df: pd.DataFrame, name: str, output_root=None) -> Path:
+    """outputs/tables/<name>.csv, written atomically."""
+    path = Path(output_root if output_root is not None else default_output_root()) / "tables" / f"{name}.csv"
+    atomic_write_bytes(path, df.to_csv(index=False, float_format="%.4g").encode())
+    return path
