@@ -188,5 +188,8 @@ def batches(n: int, batch_size: int, generator: torch.Generator, drop_last: bool
     """Shuffled index batches for one epoch, drawn from `generator` (so runs replay exactly)."""
     order = torch.randperm(n, generator=generator, device=generator.device).cpu()
     stop = n - (n % batch_size) if drop_last and n >= batch_size else n
-    for i in range(0, stop, batch_size):
-        yield order[i : i + batch_size]
+    starts = list(range(0, stop, batch_size))
+    if len(starts) > 1 and stop - starts[-1] == 1:
+        starts.pop()  # BatchNorm cannot train on one image: the last one joins the batch before
+    for k, i in enumerate(starts):
+        yield order[i : starts[k + 1] if k + 1 < len(starts) else stop]

@@ -24,7 +24,10 @@ def pick_device(requested: str | None = None) -> torch.device:
 
 
 def _use_all_cores() -> None:
-    """Small convolutions on CPU are fastest with one intra-op thread per physical core."""
+    """Small convolutions on CPU are fastest with one intra-op thread per core; an explicit
+    OMP_NUM_THREADS (e.g. to share the machine with other jobs) wins."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)

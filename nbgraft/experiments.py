@@ -171,3 +171,15 @@ def cached_runs(method: str, output_root=None) -> list[dict]:
     """Metrics of every finished run of `method` in the cache."""
     base = Path(output_root if output_root is not None else default_output_root()) / "cache" / method
     return [json.loads(p.read_text()) for p in sorted(base.glob("*/metrics.json"))]
+
+
+RESULT_COLUMNS = ["method", "dataset", "profile", "shots", "seed", "test_accuracy", "test_agreement", "val_accuracy",
+                  "teacher_test_accuracy", "wall_s"]
+
+
+def results_frame(output_root=None, methods=("netgraft", "scratch", "kd")):
+    """One row per finished run in the cache (the columns of RESULT_COLUMNS)."""
+    import pandas as pd
+
+    rows = [{c: m.get(c) for c in RESULT_COLUMNS} for method in methods for m in cached_runs(method, output_root)]
+    return pd.DataFrame(rows, columns=RESULT_COLUMNS)

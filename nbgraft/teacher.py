@@ -41,6 +41,7 @@ def get_teacher(dataset: str, profile="cpu", *, seed: int = 0, data_root=None, o
     device = pick_device(device)
     cfg = teacher_config(dataset, profile, seed)
     entry = Entry(output_root, "teacher", cfg)
+    seed_everything(seed)  # the initial weights are part of the experiment
     model = BlockVGG(spec_from_config(entry.config)).to(device)
     if not entry.done:
         _train(model, entry, get_profile(profile), data_root, device)
@@ -66,7 +67,6 @@ def _train(model: BlockVGG, entry: Entry, profile, data_root, device: torch.devi
     x_val = D.to_tensor(data.x_train[split.val], data.name, device)
     y_val = torch.from_numpy(data.y_train[split.val]).to(device)
     steps_per_epoch = -(-len(x) // sched.batch_size)
-    seed_everything(cfg["seed"])
     opt, lr_sched = sgd_with_cosine(model, sched.lr, sched.momentum, sched.weight_decay,
                                     sched.epochs * steps_per_epoch, int(sched.warmup_epochs * steps_per_epoch))
     state = {"epoch": 0, "history": [], "wall_s": 0.0}

@@ -1,0 +1,197 @@
+"""The core package: grafting identities, exact folding, the sampler, the cache, errors, one real run."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from nbgraft import data as D
+from nbgraft import graft as G
+from nbgraft.cache import Entry, config_hash
+from nbgraft.cli import main as cli_main
+from nbgraft.models import BlockVGG, load_state, student_spec, teacher_spec
+from nbgraft.profiles import get_profile
+from nbgraft.teacher import get_teacher
+
+
+def identity_conv(c: int) -> nn.Conv2d:
+    conv = nn.Conv2d(c, c, 1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.eye(c)[:, :, None, None])
+        conv.bias.zero_()
+    return conv
+
+
+def test_grafting_the_teachers_own_blocks_reproduces_its_logits_exactly():
+    torch.manual_seed(0)
+    teacher = BlockVGG(teacher_spec(10, width=0.125, batch_norm=True)).eval()
+    x = torch.randn(8, 3, 32, 32)
+    first = 3
+    blocks = [copy.deepcopy(teacher.blocks[i]) for i in range(first, 6)]
+    t2s = [identity_conv(teacher.spec.in_width(i)) for i in range(first, 6)]
+    s2t = [identity_conv(teacher.spec.out_width(i)) if i < 5 else nn.Identity() for i in range(first, 6)]
+    parts = G.GraftParts(first, blocks, t2s, s2t).eval()
+    with torch.no_grad():
+        want = teacher(x)
+        for a in range(first, 6):
+            for b in range(a, 6):
+                got = G.Grafted(teacher, parts, a, b).eval()(x)
+                assert torch.equal(got, want), (a, b)
+
+
+def test_adapter_fold_is_exact():
+    torch.manual_seed(0)
+    a, b = nn.Conv2d(16, 32, 1), nn.Conv2d(32, 16, 1)
+    x = torch.randn(4, 16, 5, 5)
+    folded = G.fold(a, b)
+    assert folded.weight.shape == (16, 16, 1, 1)
+    torch.testing.assert_close(folded(x), b(a(x)), rtol=1e-5, atol=1e-5)
+    assert isinstance(G.fold(nn.Identity(), nn.Identity()), nn.Identity)
+    torch.testing.assert_close(G.fold(nn.Identity(), b)(torch.randn(2, 32, 3, 3)).shape, torch.Size([2, 16, 3, 3]))
+
+
+def test_exported_student_folded_equals_unfolded_and_is_smaller():
+    torch.manual_seed(1)
+    t_spec = teacher_spec(10, width=0.25, batch_norm=True)
+    s_spec = student_spec(t_spec)
+    teacher = BlockVGG(t_spec).eval()
+    parts = G.GraftParts.for_student(t_spec, s_spec)
+    assert parts.first == 3 and parts.positions == [3, 4, 5]
+    x = torch.randn(16, 3, 32, 32)
+    folded = G.export_student(teacher, parts, s_spec, folded=True)
+    unfolded = G.export_student(teacher, parts, s_spec, folded=False)
+    with torch.no_grad():
+        lf, lu = folded(x), unfolded(x)
+        chain = G.Grafted(teacher, parts, 3, 5).eval()(x)
+    torch.testing.assert_close(lf, lu, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(lu, chain, rtol=1e-5, atol=1e-5)
+    assert torch.equal(lf.argmax(1), lu.argmax(1))
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n(folded) < n(unfolded) < n(teacher)
+    # The folded student rebuilds from the two specs alone.
+    again = G.Student(t_spec, s_spec, folded=True)
+    again.load_state_dict(folded.state_dict())
+
+
+def _fake_data(n_per_class=30, classes=10) -> D.ImageData:
+    y = np.repeat(np.arange(classes), n_per_class)
+    x = np.random.default_rng(0).integers(0, 255, (len(y), 32, 32, 3), dtype=np.uint8)
+    # The test split is absent on purpose: splitting must never read it.
+    return D.ImageData("cifar10", x, y, None, None, source="test")
+
+
+def test_sampler_is_deterministic_balanced_nested_and_disjoint_from_validation():
+    data = _fake_data()
+    s1 = D.make_split(data, val_per_class=5, shots=4, seed=3)
+    s2 = D.make_split(data, val_per_class=5, shots=4, seed=3)
+    assert np.array_equal(s1.few_shot, s2.few_shot) and np.array_equal(s1.val, s2.val)
+    assert np.bincount(data.y_train[s1.few_shot]).tolist() == [4] * 10
+    assert np.bincount(data.y_train[s1.val]).tolist() == [5] * 10
+    assert not set(s1.few_shot) & set(s1.val)
+    assert not set(s1.teacher_train) & set(s1.val)
+    assert set(s1.few_shot) <= set(s1.teacher_train)
+    other = D.make_split(data, val_per_class=5, shots=4, seed=4)
+    assert not np.array_equal(other.few_shot, s1.few_shot)
+    assert np.array_equal(other.val, s1.val)  # the validation pool does not move with the seed
+    one = D.make_split(data, val_per_class=5, shots=1, seed=3)
+    assert set(one.few_shot) <= set(s1.few_shot)
+
+
+def test_bad_inputs_raise_clear_errors(tmp_path):
+    data = _fake_data()
+    with pytest.raises(ValueError, match="N=26 shots is more than class 0 has"):
+        D.make_split(data, val_per_class=5, shots=26, seed=0)
+    with pytest.raises(ValueError, match="shots must be a whole number >= 1"):
+        D.make_split(data, val_per_class=5, shots=0, seed=0)
+    with pytest.raises(ValueError, match="unknown data set 'mnist'.*cifar10, cifar100"):
+        D.load_dataset("mnist", tmp_path)
+    with pytest.raises(FileNotFoundError) as err:
+        D.load_dataset("cifar10", tmp_path / "nowhere", download=False)
+    msg = str(err.value)
+    assert "cifar10.npz" in msg and "torchvision root" in msg and "internet" in msg and "unpack.py" in msg
+    with pytest.raises(ValueError, match="unknown profile"):
+        get_profile("huge")
+    with pytest.raises(ValueError, match="unknown grafting loss"):
+        G.graft_loss(torch.zeros(2, 3), torch.zeros(2, 3), "l7")
+    small = BlockVGG(teacher_spec(10, width=0.125))
+    big = BlockVGG(teacher_spec(10, width=0.25))
+    with pytest.raises(ValueError, match="does not fit this architecture.*shape mismatch"):
+        load_state(small, big.state_dict(), "teacher checkpoint x.pt")
+
+
+def test_cache_round_trip_and_atomic_writes(tmp_path):
+    cfg = {"a": 1, "b": [1, 2], "c": {"d": 0.5}}
+    assert config_hash(cfg) == config_hash({"c": {"d": 0.5}, "b": [1, 2], "a": 1})
+    assert config_hash(cfg) != config_hash({**cfg, "a": 2})
+    e = Entry(tmp_path, "thing", cfg)
+    assert not e.done
+    e.save_tensors("w.pt", {"x": torch.arange(3)})
+    e.finish({"acc": 12.5})
+    again = Entry(tmp_path, "thing", cfg)
+    assert again.done and again.metrics() == {"acc": 12.5}
+    assert torch.equal(again.load_tensors("w.pt")["x"], torch.arange(3))
+    assert json.loads(again.path("config.json").read_text()) == cfg
+    assert not [p for p in e.dir.iterdir() if p.name.startswith(".")]  # no temp files left behind
+
+
+def test_interrupted_teacher_training_resumes_to_the_same_weights(tmp_path, data_root, monkeypatch):
+    from dataclasses import replace
+
+    import nbgraft.teacher as T
+    from nbgraft.profiles import TeacherSchedule
+
+    base = get_profile("tiny")
+    prof = replace(base, teacher={d: TeacherSchedule(epochs=2, train_limit=1000) for d in base.teacher})
+    full, _ = get_teacher("cifar10", prof, data_root=data_root, output_root=tmp_path / "a", device="cpu")
+
+    calls = {"n": 0}
+    real_report = T.report
+
+    def crash_in_second_epoch(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_report(*a, **k)
+
+    monkeypatch.setattr(T, "report", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        get_teacher("cifar10", prof, data_root=data_root, output_root=tmp_path / "b", device="cpu")
+    monkeypatch.setattr(T, "report", real_report)
+    resumed, metrics = get_teacher("cifar10", prof, data_root=data_root, output_root=tmp_path / "b", device="cpu")
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    for p, q in zip(full.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(p, q)
+
+
+@pytest.mark.slow
+def test_block_grafting_lowers_the_grafting_loss_on_real_cifar(data_root, tiny_outputs):
+    from dataclasses import replace
+
+    from nbgraft.experiments import prepare
+
+    s = prepare("cifar10", 5, 0, "tiny", data_root=data_root, output_root=tiny_outputs, device="cpu")
+    assert s.teacher_metrics["test_accuracy"] > 20  # the tiny teacher learned something real
+    sched = replace(get_profile("tiny").graft_for("cifar10"), block_epochs=(30,), augment=False)
+    torch.manual_seed(0)
+    parts = G.GraftParts.for_student(s.teacher.spec, student_spec(s.teacher.spec))
+    log = G.graft_blocks(s.teacher, parts, s.x, sched, shots=5)
+    for name, curve in log.losses.items():
+        assert len(curve) == 30
+        assert curve[-1] < 0.7 * curve[0], (name, curve[0], curve[-1])
+
+
+@pytest.mark.slow
+def test_cli_runs_netgraft_and_baselines_and_prints_a_table(data_root, tiny_outputs, capsys):
+    args = ["--profile", "tiny", "--data-root", str(data_root), "--output-root", str(tiny_outputs)]
+    assert cli_main(["graft", "--shots", "2", "--baselines", *args]) == 0
+    out = capsys.readouterr().out
+    assert out.count("N=2 seed=0") == 3
+    assert cli_main(["table", "--output-root", str(tiny_outputs)]) == 0
+    table = capsys.readouterr().out
+    for method in ("netgraft", "scratch", "kd"):
+        assert method in table
+    assert cli_main(["graft", "--shots", "9999", *args]) == 2
+    assert "N=9999 shots is more than" in capsys.readouterr().err
