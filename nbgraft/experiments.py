@@ -133,7 +133,8 @@ def run_netgraft(dataset: str, shots: int, seed: int = 0, profile="cpu", *, stud
         "unfolded_params": count_params(unfolded),
         "teacher_flops": count_flops(s.teacher), "student_flops": count_flops(student),
         "teacher_spec": t_spec, "student_spec": s_spec, "schedule": sched,
-        "device": str(s.x.device), "data_source": s.data_source, "images": len(s.x), "cache_key": entry.key,
+        "device": str(s.x.device), "torch_threads": torch.get_num_threads(), "data_source": s.data_source,
+        "images": len(s.x), "cache_key": entry.key,
     }
     return entry.finish(metrics)
 
@@ -153,7 +154,7 @@ def run_baseline(kind: str, dataset: str, shots: int, seed: int = 0, profile="cp
     entry.save_tensors("student.pt", model.state_dict())
     return entry.finish({**_base_config(s, kind), "profile": profile.name, **s.scores(model), **log,
                          "teacher_test_accuracy": s.teacher_metrics["test_accuracy"], "schedule": sched,
-                         "device": str(s.x.device), "images": len(s.x)})
+                         "device": str(s.x.device), "torch_threads": torch.get_num_threads(), "images": len(s.x)})
 
 
 def load_student(metrics: dict, output_root=None, device=None) -> Student:
