@@ -1,0 +1,209 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 4. Progressive grafting: growing the student inside the teacher
+#
+# Blocks grafted one at a time were each trained next to teacher blocks. Put side by side, a
+# student block now reads another student block's output, which it never saw. The second stage
+# closes that gap step by step: graft the first two student blocks together and fine-tune them
+# (blocks and the adapters between them) so the hybrid again matches the teacher's logits; then
+# add the next block and fine-tune the longer chain, until the chain reaches the classifier.
+# The network at the end of the last step has no teacher block left after block 3: it is the
+# student. Folding each pair of adapters between two student blocks into one 1x1 convolution
+# makes it a standalone network.
+#
+# This chapter follows accuracy along the chain, compares the final student with the teacher
+# and the two baselines of chapter 2, measures what the compression buys, and checks that
+# folding changes no prediction.
+
+# %% tags=["parameters"]
+dataset = "cifar10"
+profile = "cpu"
+shots = [1, 5, 10]
+seeds = [0]
+device = "auto"
+data_root = "../data"
+output_root = "../outputs"
+
+# %%
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+import torch
+from IPython.display import Markdown, display
+
+from nbgraft import data as D
+from nbgraft import plots, report
+from nbgraft.device import pick_device
+from nbgraft.evaluate import count_flops, count_params, cpu_latency_ms
+from nbgraft.evaluate import report as score
+from nbgraft.experiments import load_student
+from nbgraft.profiles import get_profile
+from nbgraft.teacher import get_teacher
+
+plots.set_theme()
+prof = get_profile(profile)
+sched = prof.graft_for(dataset)
+kw = dict(data_root=data_root, output_root=output_root, device=device)
+runs = report.run_grid("netgraft", dataset, shots, seeds, prof, **kw)
+teacher_acc = runs[0]["teacher_test_accuracy"]
+n = max(shots)
+per_n = f" x N/{sched.lr_reference_shots}" if sched.lr_scale(1) != 1 else ""  # the paper scales learning rates with N
+display(Markdown(
+    f"NetGraft on **{dataset}**, profile **{prof.name}**, N in {list(shots)}, seeds {list(seeds)}. Net stage: "
+    f"{sched.net_mode} growth, {'/'.join(map(str, sched.net_epochs))} epochs per step, Adam at {sched.net_lr:g}{per_n} for "
+    f"the blocks; {sum(m['net_stage_s'] for m in runs) / 60:.1f} min of training in all."
+))
+
+# %% [markdown]
+# ## Accuracy as the chain grows
+#
+# From left to right: the first student block alone (the end of stage 1), then after each
+# net-grafting step. The last point is the whole student (before folding).
+
+# %% tags=["hide-input"]
+first = min(runs[0]["blocks"], key=lambda k: int(k[5:]))
+chain = pd.concat([report.stage_frame(runs, "blocks").query("part == @first"), report.stage_frame(runs, "chains")])
+order = list(dict.fromkeys(chain["label"]))
+fig, ax = plt.subplots(figsize=(plots.BOOK_WIDTH_IN, 3.2))
+sns.pointplot(data=chain, x="label", y="test_accuracy", hue="shots", order=order, palette="viridis", dodge=0.3,
+              errorbar="sd", linewidth=1.5, ax=ax)
+plots.teacher_line(ax, teacher_acc)
+ax.set(xlabel="student blocks grafted into the teacher", ylabel="test accuracy (%)",
+       title=f"{dataset}: accuracy along the progressive chain")
+ax.legend(title="N", fontsize=7, title_fontsize=7)
+fig.tight_layout()
+plots.save_figure(fig, "04_chain_accuracy", output_root)
+plt.show()
+chain["step"] = chain["label"].map(order.index)
+steps = (chain.groupby(["shots", "step", "label"])
+         .agg(test_accuracy_mean=("test_accuracy", "mean"), test_accuracy_std=("test_accuracy", "std"),
+              test_agreement_mean=("test_agreement", "mean"), seeds=("seed", "nunique")).reset_index()
+         .drop(columns="step").rename(columns={"label": "grafted"}))
+steps.insert(0, "dataset", dataset)
+steps["teacher_test_accuracy"] = teacher_acc
+plots.save_table(steps, "04_chain", output_root)
+display(steps.round(2))
+
+# %% tags=["hide-input"]
+net_losses = report.loss_frame(runs, "net_losses")
+labels = list(dict.fromkeys(net_losses["label"]))
+fig, axes = plt.subplots(1, len(labels), figsize=(plots.BOOK_WIDTH_IN, 2.8), sharey=True, squeeze=False)
+for ax, label in zip(axes[0], labels):
+    sns.lineplot(data=net_losses[net_losses.label == label], x="epoch", y="loss", hue="shots", palette="viridis",
+                 errorbar="sd", ax=ax, legend=ax is axes[0][-1])
+    ax.set(title=f"net step: {label}", xlabel="epoch", ylabel="grafting loss (normalised-logit MSE)", yscale="log")
+axes[0][-1].legend(title="N", fontsize=7, title_fontsize=7)
+fig.tight_layout()
+plots.save_figure(fig, "04_net_losses", output_root)
+plt.show()
+
+# %% [markdown]
+# ## The student against the teacher and the baselines
+#
+# The final, folded NetGraft student beside the two students of chapter 2 trained on the same
+# N-shot images (scratch with labels, KD from the teacher's logits); same architecture, same
+# draws, same test images.
+
+# %%
+baselines = [m for method in ("kd", "scratch") for m in report.run_grid(method, dataset, shots, seeds, prof, **kw)]
+df = report.runs_frame(runs + baselines)
+final = report.summarise(df).merge(report.summarise(df, value="test_agreement"), on=["dataset", "method", "shots", "seeds"])
+final["teacher_test_accuracy"] = teacher_acc
+plots.save_table(final, "04_student_vs_baselines", output_root)
+display(final.round(2))
+
+# %% tags=["hide-input"]
+fig, ax = plt.subplots(figsize=(plots.BOOK_WIDTH_IN, 3.3))
+sns.lineplot(data=df.assign(method=df["method"].map(report.METHOD_LABELS)), x="shots", y="test_accuracy", hue="method",
+             hue_order=[report.METHOD_LABELS[k] for k in report.METHODS], marker="o", errorbar="sd", err_style="bars",
+             ax=ax)
+plots.teacher_line(ax, teacher_acc)
+ax.set(xlabel="images per class, N", ylabel="test accuracy (%)", xticks=sorted(shots), ylim=(0, 100),
+       title=f"{dataset}: students from N images per class")
+ax.legend(fontsize=7)
+fig.tight_layout()
+plots.save_figure(fig, "04_student_vs_baselines", output_root)
+plt.show()
+acc = final.set_index(["method", "shots"])["test_accuracy_mean"]
+display(Markdown(
+    f"With N={n}, the NetGraft student reaches **{acc[('netgraft', n)]:.2f}%** test accuracy "
+    f"({teacher_acc - acc[('netgraft', n)]:.2f} points under the teacher's {teacher_acc:.2f}%), against "
+    f"{acc[('kd', n)]:.2f}% for KD and {acc[('scratch', n)]:.2f}% from scratch. With N={min(shots)}: "
+    f"{acc[('netgraft', min(shots))]:.2f}%, {acc[('kd', min(shots))]:.2f}% and {acc[('scratch', min(shots))]:.2f}%."
+))
+
+# %% [markdown]
+# ## What the compression buys
+#
+# Parameters and multiply-accumulates (MACs, convolutions and linear layers, one 32x32 image)
+# are counted on the models; latency is the median wall time of a forward pass on this
+# machine's CPU, measured here, for one image and for a batch of 128. The student is the folded
+# student of the N=max run of the first seed, reloaded from the cache.
+
+# %%
+m = next(r for r in runs if r["shots"] == n and r["seed"] == seeds[0])
+teacher, _ = get_teacher(dataset, prof, **kw)
+student = load_student(m, output_root, device)
+threads = torch.get_num_threads()
+rows = []
+for name, model in (("teacher", teacher), ("NetGraft student (folded)", student)):
+    rows.append({"model": name, "params_M": count_params(model) / 1e6, "MMACs": count_flops(model) / 1e6,
+                 "cpu_latency_ms_batch1": cpu_latency_ms(model, batch_size=1),
+                 "cpu_latency_ms_batch128": cpu_latency_ms(model, batch_size=128, repeats=10)})
+compression = pd.DataFrame(rows)
+compression["relative_params"] = compression["params_M"] / compression["params_M"].iloc[0]
+compression["relative_MMACs"] = compression["MMACs"] / compression["MMACs"].iloc[0]
+plots.save_table(compression, "04_compression", output_root)
+display(compression.round(3))
+t, s = compression.iloc[0], compression.iloc[1]
+display(Markdown(
+    f"The student has {s.params_M:.3f} M parameters against the teacher's {t.params_M:.3f} M "
+    f"({100 * s.relative_params:.0f}%), and {s.MMACs:.1f} against {t.MMACs:.1f} MMACs ({100 * s.relative_MMACs:.0f}%). "
+    f"On this CPU ({threads} threads) one image takes {s.cpu_latency_ms_batch1:.2f} ms against "
+    f"{t.cpu_latency_ms_batch1:.2f} ms, and a batch of 128 {s.cpu_latency_ms_batch128:.1f} ms against "
+    f"{t.cpu_latency_ms_batch128:.1f} ms (a speed-up of {t.cpu_latency_ms_batch128 / s.cpu_latency_ms_batch128:.2f}x). Before "
+    f"folding, the adapters made the student {m['unfolded_params'] / 1e6:.3f} M parameters. Latencies are measured "
+    "on whatever else this machine is running at the time, so they are indicative, not benchmarks."
+))
+
+# %% [markdown]
+# ## Folding changes no prediction
+#
+# Each run compared, on the test set, the student with its adapter pairs kept apart and the
+# folded one: the largest difference of any logit, and whether any predicted class changed.
+# Here, we also reload each folded student from the cache and score it again on the test set.
+
+# %%
+data = D.load_dataset(dataset, data_root)
+x_test, y_test = D.test_arrays(data, prof.test_limit)
+x_test = D.to_tensor(x_test, dataset, pick_device(device))
+y_test = torch.from_numpy(y_test).to(x_test.device)
+fold = pd.DataFrame([{"dataset": dataset, "shots": r["shots"], "seed": r["seed"],
+                      "max_abs_logit_diff": r["fold_max_abs_logit_diff"],
+                      "same_predictions": bool(r["fold_same_predictions"]),
+                      "recorded_test_accuracy": r["test_accuracy"],
+                      "reloaded_test_accuracy": score(load_student(r, output_root, device), x_test, y_test)["accuracy"]}
+                     for r in runs])
+plots.save_table(fold, "04_fold_check", output_root)
+display(fold)
+display(Markdown(
+    f"Over {len(fold)} runs, the largest logit difference between folded and unfolded students is "
+    f"{fold.max_abs_logit_diff.max():.2e}, and the predicted class is the same for every test image in "
+    f"{int(fold.same_predictions.sum())} of {len(fold)} runs. The reloaded students score exactly what was recorded in "
+    f"{int((fold.recorded_test_accuracy == fold.reloaded_test_accuracy).sum())} of {len(fold)} runs (largest difference "
+    f"{(fold.recorded_test_accuracy - fold.reloaded_test_accuracy).abs().max():.2f} points)."
+))

@@ -1,0 +1,233 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 6. How many shots, and which parts of the method matter
+#
+# Two questions, answered from one resumable sweep over (data set, N, seed, method):
+#
+# 1. **How many shots?** Test accuracy of the NetGraft student against N, beside the two baselines
+#    that see the same N images per class: the student trained from scratch on their labels, and
+#    the student distilled (KD) from the teacher's logits on them. The few-shot draw changes with the
+#    seed, so every point is a mean ± std over seeds.
+# 2. **Which parts matter?** At fixed N, NetGraft with one piece removed or swapped: block grafting
+#    alone (no net stage), the net stage alone (no block stage), the grafting loss (the paper's
+#    normalised-logit MSE vs KL vs plain MSE), without augmentation, and the whole student grafted at
+#    once instead of progressively. The adapters are folded into the student at the end; that must
+#    change nothing, and we check it on every run.
+#
+# The grid is defined in `nbgraft.sweep` (one per profile, plus `"full"`). The same sweep runs from the
+# command line, e.g. `python -m nbgraft sweep --profile paper --grid full` on a GPU. Finished runs come
+# from the experiment cache, so an interrupted sweep resumes where it stopped.
+
+# %% tags=["parameters"]
+datasets = None  # None: the grid's data sets; or a subset, e.g. ["cifar10"]
+profile = "cpu"
+grid = "default"  # "default": the profile's grid; "full": N in 1..10, 20, 50 x both data sets x 3 seeds (GPU)
+seeds = None  # None: the grid's seeds; or a subset, e.g. [0]
+device = "auto"
+data_root = "../data"
+output_root = "../outputs"
+
+# %%
+import json
+
+import matplotlib.pyplot as plt
+import numpy as np
+from IPython.display import Markdown, display
+
+from nbgraft import plots, report
+from nbgraft import sweep as S
+from nbgraft.profiles import get_profile
+
+plots.set_theme()
+prof = get_profile(profile)
+the_grid = S.get_grid(grid, prof)
+if datasets is not None or seeds is not None:
+    the_grid = the_grid.restrict(datasets=datasets, seeds=seeds)
+table = S.run_sweep(the_grid, prof, data_root=data_root, output_root=output_root, device=device,
+                    table_name="06_sweep")
+details = S.graft_details(table, output_root)
+minutes = table.groupby("method")["wall_s"].sum() / 60
+display(Markdown(
+    f"Profile **{prof.name}**, grid **{grid}**: {len(table)} runs on {', '.join(sorted(table.dataset.unique()))} "
+    f"({table.device.iloc[0]}). Their measured training time adds up to **{table.wall_s.sum() / 60:.1f} min** "
+    f"({', '.join(f'{m}: {v:.1f}' for m, v in minutes.items())} min; each run's own `wall_s`, whenever it was "
+    f"computed). The tidy table, one row per run, is `tables/06_sweep.csv`."
+))
+
+
+# %%
+def label(method: str) -> str:
+    return report.METHOD_LABELS.get(method) if method in S.COMPARISON else S.VARIANT_LABELS[method]
+
+
+def shots_axis(ax, ns) -> None:
+    """Log-spaced N axis with the exact N values as ticks."""
+    ax.set_xscale("log")
+    ax.set_xticks(ns, [str(n) for n in ns])
+    ax.minorticks_off()
+    ax.set_xlabel("images per class, N (log scale)")
+
+
+# %% [markdown]
+# ## Accuracy against the number of shots
+
+# %% tags=["hide-input"]
+comparison = S.summarise(table[table.method.isin(S.COMPARISON)])
+teacher_acc = table.groupby("dataset")["teacher_test_accuracy"].first()
+shown_ds = list(comparison.dataset.unique())
+fig, axes = plt.subplots(1, len(shown_ds), figsize=(plots.BOOK_WIDTH_IN, 3.6), squeeze=False)
+for ax, ds in zip(axes[0], shown_ds):
+    sub = comparison[comparison.dataset == ds]
+    for method in S.COMPARISON:
+        m = sub[sub.method == method].sort_values("shots")
+        if len(m):
+            ax.errorbar(m.shots, m.accuracy_mean, yerr=m.accuracy_std.fillna(0), marker="o", capsize=3,
+                        label=label(method))
+    plots.teacher_line(ax, teacher_acc[ds])
+    shots_axis(ax, sorted(sub.shots.unique()))
+    ax.set(ylabel="test accuracy (%)", title=ds, ylim=(0, 100))
+    ax.legend(fontsize=7, loc="lower right")
+fig.tight_layout()
+plots.save_figure(fig, "06_accuracy_vs_shots", output_root)
+plt.show()
+
+# %% tags=["hide-input"]
+lines = []
+for ds in shown_ds:
+    sub = comparison[comparison.dataset == ds].pivot_table(index="shots", columns="method", values="accuracy_mean")
+    seeds_per_n = comparison[comparison.dataset == ds].groupby("shots")["seeds"].min()
+    for n, row in sub.iterrows():
+        others = [m for m in ("kd", "scratch") if m in row.index and np.isfinite(row[m])]
+        if "netgraft" not in row.index or not others:
+            continue
+        gaps = ", ".join(f"{row['netgraft'] - row[m]:+.1f} points vs {label(m)}" for m in others)
+        lines.append(f"- {ds}, N={n} ({seeds_per_n[n]} seed{'s' if seeds_per_n[n] > 1 else ''}): NetGraft "
+                     f"{row['netgraft']:.1f}% ({row['netgraft'] - teacher_acc[ds]:+.1f} points from the teacher's "
+                     f"{teacher_acc[ds]:.1f}%); {gaps}.")
+display(Markdown("Mean test accuracy of NetGraft, and its difference to each baseline on the same draws:\n\n"
+                 + "\n".join(lines)))
+
+# %% [markdown]
+# ## Ablations: which parts of NetGraft matter
+#
+# Each variant changes one thing and keeps the rest of the profile's schedule. Removing a stage does
+# not give its epochs to the other stage; "whole student at once" trains for as many net-stage epochs
+# as the progressive schedule's steps together.
+
+# %% tags=["hide-input"]
+ablations = S.ablation_summary(table, details)
+plots.save_table(ablations.assign(label=ablations.method.map(label)), "06_ablations", output_root)
+groups = list(ablations.groupby(["dataset", "shots"], sort=True))
+fig, axes = plt.subplots(1, len(groups), figsize=(plots.BOOK_WIDTH_IN, 3.4), squeeze=False, sharey=True)
+for ax, ((ds, n), sub) in zip(axes[0], groups):
+    y = np.arange(len(sub))[::-1]
+    colours = ["C0" if m == "netgraft" else "0.6" for m in sub.method]
+    ax.barh(y, sub.accuracy_mean, xerr=sub.accuracy_std.fillna(0), color=colours, capsize=3)
+    ax.axvline(teacher_acc[ds], **plots.TEACHER_STYLE, label=f"teacher ({teacher_acc[ds]:.1f}%)")
+    ax.set_yticks(y, [label(m) for m in sub.method])
+    nseeds = int(sub.seeds.min())
+    ax.set(xlabel="test accuracy (%)", xlim=(0, 100),
+           title=f"{ds}, N={n} ({nseeds} seed{'s' if nseeds > 1 else ''})")
+    ax.legend(fontsize=7, loc="lower right")
+fig.tight_layout()
+plots.save_figure(fig, "06_ablations", output_root)
+plt.show()
+display(ablations.assign(
+    variant=ablations.method.map(label),
+    accuracy=[report.pm(m, s) for m, s in zip(ablations.accuracy_mean, ablations.accuracy_std)],
+    agreement=[report.pm(m, s) for m, s in zip(ablations.agreement_mean, ablations.agreement_std)],
+)[["dataset", "shots", "variant", "seeds", "accuracy", "agreement", "fold_max_abs_logit_diff",
+   "fold_same_predictions"]].style.hide(axis="index"))
+
+# %% tags=["hide-input"]
+text = []
+for (ds, n), sub in groups:
+    full = sub[sub.method == "netgraft"].iloc[0]
+    parts = []
+    for r in sub[sub.method != "netgraft"].itertuples():
+        d = r.accuracy_mean - full.accuracy_mean
+        parts.append(f"{label(r.method)} {r.accuracy_mean:.1f}% ({d:+.1f})")
+    worst = sub[sub.method != "netgraft"].sort_values("accuracy_mean").iloc[0]
+    drop = worst.accuracy_mean - full.accuracy_mean
+    text.append(f"- {ds}, N={n}: full NetGraft {full.accuracy_mean:.1f}%; " + "; ".join(parts) + ". "
+                + (f"The largest drop comes from **{label(worst.method)}** ({drop:+.1f} points)." if drop < 0 else
+                   "No variant is below full NetGraft here."))
+fold_ok = bool(details.fold_same_predictions.all())
+display(Markdown(
+    "Test accuracy of each variant, and its difference in points to full NetGraft (mean over seeds; the "
+    "spread is in the table above):\n\n" + "\n".join(text) + "\n\n"
+    f"**Adapters kept vs folded.** Over all {len(details)} grafting runs of this sweep, folding each adapter "
+    f"pair into one 1x1 conv changed the test logits by at most {details.fold_max_abs_logit_diff.max():.2e} and "
+    + ("changed no prediction: the folded student is the grafted network." if fold_ok else
+       f"changed predictions in {int((~details.fold_same_predictions).sum())} run(s): a bug to fix.")
+))
+
+# %% [markdown]
+# ## Beside the paper's numbers
+#
+# The paper's values are **quoted, not computed here** (Shen et al., AAAI 2021: VGG16 teacher and
+# student, mean ± std). Our teacher is not the paper's (see below), so we also report how far each
+# student stays below its own teacher.
+
+# %% tags=["hide-input"]
+vs = S.versus_paper(table)
+plots.save_table(vs.assign(profile=prof.name), "06_vs_paper", output_root)
+if vs.empty:
+    display(Markdown("This grid ran no N for which the paper reports a number (it reports N = 1, 5 and 10)."))
+else:
+    display(vs.assign(
+        ours=[report.pm(m, s) for m, s in zip(vs.ours_mean, vs.ours_std)],
+        paper_quoted=[report.pm(m, s) for m, s in zip(vs.paper_mean, vs.paper_std)],
+    )[["dataset", "shots", "seeds", "ours", "our_teacher", "ours_below_teacher", "paper_quoted"]]
+        .style.hide(axis="index").format(precision=2))
+    gap = vs.paper_mean - vs.ours_mean
+    agree = gap.abs() <= 2 * (vs.paper_std + vs.ours_std.fillna(0))
+    rows = [f"- {r.dataset}, N={r.shots}: ours {report.pm(r.ours_mean, r.ours_std)}% vs the paper's "
+            f"{report.pm(r.paper_mean, r.paper_std)}%: "
+            + (f"**ours is {g:.1f} points lower**" if g > 0 else f"ours is {-g:.1f} points higher")
+            + (" (within two standard deviations)" if a else "") + "."
+            for r, g, a in zip(vs.itertuples(), gap, agree)]
+    paper = get_profile("paper")
+    display(Markdown(
+        "\n".join(rows) + "\n\n"
+        + (f"Our result disagrees with the paper's wherever it is lower by more than the spreads allow "
+           f"({int((~agree).sum())} of {len(vs)} comparisons here). " if (~agree).any() else
+           "All comparisons fall within two standard deviations. ")
+        + f"The setting differs: profile **{prof.name}** uses a VGG16 at {prof.width:g}x the paper's width"
+        + (" with batch norm in its conv blocks" if prof.batch_norm and not paper.batch_norm else "")
+        + ", trained here to " + ", ".join(f"{teacher_acc[d]:.1f}% on {d}" for d in vs.dataset.unique())
+        + (", and grafting schedules of its own" if prof.graft != paper.graft else "")
+        + (f"; accuracies are on the first {prof.test_limit} test images" if prof.test_limit else "")
+        + ". The absolute numbers are therefore not one-to-one comparable; the distance to the own teacher "
+          "(`ours_below_teacher`) is the fairer reading."
+    ))
+
+# %% [markdown]
+# ## What the sweep costs
+
+# %% tags=["hide-input"]
+cost = (table.groupby(["dataset", "method"])
+        .agg(runs=("wall_s", "size"), mean_s=("wall_s", "mean"), total_min=("wall_s", lambda s: s.sum() / 60))
+        .reset_index())
+display(cost.style.hide(axis="index").format(precision=1))
+full_runs = len(S.FULL.runs())
+display(Markdown(
+    f"This grid: {len(table)} runs, {table.wall_s.sum() / 60:.1f} min of measured run time on {table.device.iloc[0]} "
+    "(`wall_s`: a NetGraft run's includes its evaluations, a baseline's is its training). "
+    f"The full grid (`grid=\"full\"`) has {full_runs} runs and is meant for `profile=\"paper\"` on a GPU: "
+    "`python -m nbgraft sweep --profile paper --grid full`."
+))

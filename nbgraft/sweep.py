@@ -1,0 +1,299 @@
+"""The sweep runner: a grid of (data set, N, seed, method) runs pushed through the experiment cache.
+
+Every run is cached by its config, so asking for a finished run only reads it back and an
+interrupted sweep resumes at the first unfinished run. The tidy results table (one row per run) is
+rewritten atomically after every run, so an interruption never loses a finished row. The grids the
+book uses live here, keyed by profile, so the notebook and the command line run the same thing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .cache import default_output_root
+from .data import check_dataset
+from .batched import graft_seeds
+from .experiments import run_baseline, run_netgraft
+from .plots import save_table
+from .profiles import DATASETS, get_profile
+from .training import progress
+
+# NetGraft and its ablations, each as overrides of the profile's GraftSchedule.
+GRAFT_VARIANTS: dict[str, dict] = {
+    "netgraft": {},
+    "block_only": {"net_epochs": (0,)},  # block grafting only: the net stage trains nothing
+    "net_only": {"block_epochs": (0,)},  # no block stage: the chain is grafted from fresh blocks
+    "loss_kl": {"loss": "kl"},
+    "loss_mse": {"loss": "mse"},
+    "no_augment": {"augment": False},
+    "all_at_once": {"net_mode": "all_at_once"},  # one net step over the whole student, same epochs
+}
+VARIANT_LABELS = {
+    "netgraft": "NetGraft (full)", "block_only": "block grafting only", "net_only": "net stage only",
+    "loss_kl": "loss: KL on logits", "loss_mse": "loss: plain MSE", "no_augment": "no augmentation",
+    "all_at_once": "whole student at once",
+}
+BASELINES = ("scratch", "kd")
+METHODS = (*GRAFT_VARIANTS, *BASELINES)
+COMPARISON = ("netgraft", "scratch", "kd")  # accuracy vs N
+ABLATIONS = tuple(GRAFT_VARIANTS)  # at a fixed N, next to NetGraft itself
+
+# Shen et al., AAAI 2021, VGG16 teacher and student, test accuracy (%) mean and std: quoted, not ours.
+PAPER_VGG16 = {
+    ("cifar10", 1): (90.74, 0.49), ("cifar10", 5): (92.88, 0.07), ("cifar10", 10): (92.89, 0.06),
+    ("cifar100", 1): (64.22, 0.17), ("cifar100", 5): (68.16, 0.20), ("cifar100", 10): (68.86, 0.03),
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One cell of a grid."""
+
+    dataset: str
+    shots: int
+    seed: int
+    method: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset} N={self.shots} seed={self.seed} {self.method}"
+
+
+def _ints(values, what: str) -> tuple[int, ...]:
+    values = (values,) if isinstance(values, int) else tuple(values)
+    if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values):
+        raise ValueError(f"{what} must be a non-empty list of whole numbers >= 0, got {values!r}")
+    return values
+
+
+@dataclass(frozen=True)
+class Cross:
+    """Every combination of these data sets, shot counts, seeds and methods."""
+
+    datasets: tuple[str, ...]
+    shots: tuple[int, ...]
+    seeds: tuple[int, ...]
+    methods: tuple[str, ...] = COMPARISON
+
+    def __post_init__(self):
+        as_tuple = (lambda v: (v,) if isinstance(v, str) else tuple(v))
+        object.__setattr__(self, "datasets", tuple(check_dataset(d) for d in as_tuple(self.datasets)))
+        object.__setattr__(self, "shots", _ints(self.shots, "shots"))
+        object.__setattr__(self, "seeds", _ints(self.seeds, "seeds"))
+        object.__setattr__(self, "methods", as_tuple(self.methods))
+        if 0 in self.shots:
+            raise ValueError("shots must be >= 1 (images per class)")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods or not self.datasets:
+            raise ValueError(f"unknown or missing methods {unknown or self.methods!r}; "
+                             f"choose from {', '.join(METHODS)}")
+
+    def runs(self) -> list[Run]:
+        cells = itertools.product(self.datasets, self.shots, self.seeds, self.methods)
+        return [Run(d, n, s, m) for d, n, s, m in cells]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A union of crosses, run in order; a run listed twice runs once."""
+
+    crosses: tuple[Cross, ...] = field(default_factory=tuple)
+
+    def runs(self) -> list[Run]:
+        return list(dict.fromkeys(r for c in self.crosses for r in c.runs()))
+
+    def restrict(self, datasets: Iterable[str] | None = None, seeds: Iterable[int] | None = None) -> Grid:
+        """The same grid on only these data sets and/or seeds (None keeps all)."""
+        if isinstance(datasets, str):
+            datasets = [datasets]
+        keep_d = None if datasets is None else {check_dataset(d) for d in datasets}
+        keep_s = None if seeds is None else set(_ints(seeds, "seeds"))
+        out = []
+        for c in self.crosses:
+            ds = tuple(d for d in c.datasets if keep_d is None or d in keep_d)
+            ss = tuple(s for s in c.seeds if keep_s is None or s in keep_s)
+            if ds and ss:
+                out.append(Cross(ds, c.shots, ss, c.methods))
+        if not out:
+            raise ValueError(f"no run of the grid is left on data sets {datasets!r} and seeds {seeds!r}")
+        return Grid(tuple(out))
+
+    @classmethod
+    def from_spec(cls, spec: Mapping | Iterable[Mapping]) -> Grid:
+        """From {"datasets", "shots", "seeds", "methods"} (or a list of such dicts, one per cross)."""
+        specs = [spec] if isinstance(spec, Mapping) else list(spec)
+        try:
+            return cls(tuple(Cross(**s) for s in specs))
+        except TypeError as err:
+            raise ValueError(f"a grid is given as dicts with keys datasets, shots, seeds, methods ({err})") from None
+
+
+SEEDS = (0, 1, 2)
+PAPER_SHOTS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 20, 50)
+# The full grid, for `--profile paper` on a GPU: every N on both data sets, ablations at 1 and 10 shots.
+FULL = Grid((Cross(DATASETS, PAPER_SHOTS, SEEDS, COMPARISON), Cross(DATASETS, (1, 10), SEEDS, ABLATIONS)))
+
+# What the book runs by default for each profile. cpu, sized for 2 CPU cores: three seeds on CIFAR-10, one
+# on CIFAR-100 (the runs chapter 5 already made), the ablations at 1 and 10 shots with one seed. tiny
+# matches the grid the tests give chapters 1-5, so the chapter re-reads their runs.
+DEFAULT: dict[str, Grid] = {
+    "paper": FULL,
+    "cpu": Grid((
+        Cross("cifar10", (1, 5, 10), SEEDS, COMPARISON),
+        Cross("cifar100", (1, 5, 10), (0,), COMPARISON),
+        Cross("cifar10", (1, 10), (0,), ABLATIONS),
+    )),
+    "tiny": Grid((
+        Cross(DATASETS, (1, 2), (0, 1), COMPARISON),
+        Cross("cifar10", (1,), (0,), ABLATIONS),
+    )),
+}
+
+
+def get_grid(grid: str | Grid | Mapping | Iterable[Mapping] = "default", profile="cpu") -> Grid:
+    """"default" (the profile's book grid), "full" (the paper's grid), a Grid, or its dict spec."""
+    if isinstance(grid, Grid):
+        return grid
+    if isinstance(grid, str):
+        if grid == "full":
+            return FULL
+        if grid == "default":
+            name = get_profile(profile).name
+            if name not in DEFAULT:
+                raise ValueError(f"no default grid for profile {name!r}; pass grid='full' or a dict of "
+                                 "datasets/shots/seeds/methods")
+            return DEFAULT[name]
+        raise ValueError(f"unknown grid {grid!r}; use 'default', 'full', a Grid or a dict of "
+                         "datasets/shots/seeds/methods")
+    return Grid.from_spec(grid)
+
+
+def run_one(run: Run, profile="cpu", *, data_root=None, output_root=None, device=None,
+            seeds_together: tuple[int, ...] = ()) -> dict:
+    """The cached metrics of one run (trained first if the cache does not hold it).
+
+    With `seeds_together` (NetGraft variants only), the unfinished ones among those seeds are trained
+    in one batched run (nbgraft.batched.graft_seeds, same results as one by one) and cached together.
+    """
+    kw = {"data_root": data_root, "output_root": output_root, "device": device}
+    if run.method not in BASELINES and len(seeds_together) > 1:
+        seeds = list(dict.fromkeys((run.seed, *seeds_together)))
+        metrics = graft_seeds(run.dataset, run.shots, seeds, profile, **kw, **GRAFT_VARIANTS[run.method])
+        return metrics[0]
+    if run.method in BASELINES:
+        return run_baseline(run.method, run.dataset, run.shots, run.seed, profile, **kw)
+    return run_netgraft(run.dataset, run.shots, run.seed, profile, **kw, **GRAFT_VARIANTS[run.method])
+
+
+KEY_COLUMNS = ["dataset", "shots", "seed", "method", "profile", "overrides"]
+RESULT_COLUMNS = ["test_accuracy", "test_agreement", "val_accuracy", "teacher_test_accuracy", "wall_s", "device",
+                  "cache_key", "schedule"]
+
+
+def _json(value) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def result_row(run: Run, metrics: dict, profile) -> dict:
+    """One tidy row: the run, what differs from the profile's schedule, the results, the whole schedule (JSON)."""
+    overrides = {} if run.method in BASELINES else GRAFT_VARIANTS[run.method]
+    row = {"dataset": run.dataset, "shots": run.shots, "seed": run.seed, "method": run.method,
+           "profile": get_profile(profile).name,
+           "overrides": " ".join(f"{k}={_json(list(v) if isinstance(v, tuple) else v)}" for k, v in overrides.items())}
+    row.update({c: metrics.get(c) for c in RESULT_COLUMNS})
+    row["schedule"] = _json(metrics["schedule"])
+    return row
+
+
+def results_table(rows: list[dict]) -> pd.DataFrame:
+    """Rows in run order. Every column applies to every method, so the CSV has no blank numbers."""
+    return pd.DataFrame(rows, columns=KEY_COLUMNS + RESULT_COLUMNS)
+
+
+def run_sweep(grid: str | Grid | Mapping | Iterable[Mapping] = "default", profile="cpu", *, data_root=None,
+              output_root=None, device=None, table_name: str = "06_sweep", batch_seeds: bool = True,
+              on_run: Callable[[Run, dict], None] | None = None) -> pd.DataFrame:
+    """Run (or read back) every run of `grid`; rewrite `<output_root>/tables/<table_name>.csv` after each.
+
+    With `batch_seeds`, the seeds of one NetGraft variant at one (data set, N) train together the first
+    time one of them is reached (the others are then read from the cache). `on_run(run, metrics)` is
+    called after each run (progress hooks; the tests use it to interrupt). Returns the table.
+    """
+    profile = get_profile(profile)
+    runs = get_grid(grid, profile).runs()
+    together: dict[tuple, list[int]] = {}
+    for r in runs:
+        if batch_seeds and r.method not in BASELINES:
+            together.setdefault((r.dataset, r.shots, r.method), []).append(r.seed)
+    rows: list[dict] = []
+    with progress(runs, desc=f"sweep ({profile.name})", leave=True) as bar:
+        for run in bar:
+            bar.set_postfix_str(run.label)
+            metrics = run_one(run, profile, data_root=data_root, output_root=output_root, device=device,
+                              seeds_together=tuple(together.get((run.dataset, run.shots, run.method), ())))
+            rows.append(result_row(run, metrics, profile))
+            save_table(results_table(rows), table_name, output_root)
+            if on_run is not None:
+                on_run(run, metrics)
+    return results_table(rows)
+
+
+# --------------------------------------------------------------------------- summaries for the chapter
+def summarise(table: pd.DataFrame, by=("dataset", "method", "shots")) -> pd.DataFrame:
+    """Mean, std and count over seeds of test accuracy and teacher agreement, and mean wall time."""
+    return (table.groupby(list(by), sort=True)
+            .agg(accuracy_mean=("test_accuracy", "mean"), accuracy_std=("test_accuracy", "std"),
+                 agreement_mean=("test_agreement", "mean"), agreement_std=("test_agreement", "std"),
+                 seeds=("seed", "nunique"), teacher=("teacher_test_accuracy", "first"),
+                 wall_s_mean=("wall_s", "mean"))
+            .reset_index())
+
+
+def graft_details(table: pd.DataFrame, output_root=None) -> pd.DataFrame:
+    """Per NetGraft-variant run, what only grafting has: stage times and the adapter-folding check
+    (largest |logit| difference on the test set between kept and folded adapters; same predictions?)."""
+    base = Path(output_root if output_root is not None else default_output_root()) / "cache" / "netgraft"
+    rows = []
+    for r in table[table["method"].isin(ABLATIONS)].itertuples():
+        m = json.loads((base / r.cache_key / "metrics.json").read_text())
+        rows.append({"dataset": r.dataset, "shots": r.shots, "seed": r.seed, "method": r.method,
+                     "block_stage_s": m["block_stage_s"], "net_stage_s": m["net_stage_s"],
+                     "fold_max_abs_logit_diff": m["fold_max_abs_logit_diff"],
+                     "fold_same_predictions": bool(m["fold_same_predictions"])})
+    return pd.DataFrame(rows, columns=["dataset", "shots", "seed", "method", "block_stage_s", "net_stage_s",
+                                       "fold_max_abs_logit_diff", "fold_same_predictions"])
+
+
+def ablation_summary(table: pd.DataFrame, details: pd.DataFrame) -> pd.DataFrame:
+    """Every NetGraft variant at each (data set, N) where an ablation ran, in ABLATIONS order, with
+    mean ± std over seeds and the folding check over those seeds (`details` from graft_details)."""
+    graft = table[table["method"].isin(ABLATIONS)]
+    where = graft.loc[graft["method"] != "netgraft", ["dataset", "shots"]].drop_duplicates()
+    out = summarise(graft.merge(where, on=["dataset", "shots"]))
+    fold = (details.groupby(["dataset", "method", "shots"])
+            .agg(fold_max_abs_logit_diff=("fold_max_abs_logit_diff", "max"),
+                 fold_same_predictions=("fold_same_predictions", "all")).reset_index())
+    out = out.merge(fold, on=["dataset", "method", "shots"], how="left")
+    out["order"] = out["method"].map(ABLATIONS.index)
+    return out.sort_values(["dataset", "shots", "order"]).drop(columns="order").reset_index(drop=True)
+
+
+def versus_paper(table: pd.DataFrame) -> pd.DataFrame:
+    """Our NetGraft mean ± std beside the paper's quoted VGG16 numbers, where the paper reports that N."""
+    ours = summarise(table[table["method"] == "netgraft"])
+    rows = []
+    for r in ours.itertuples():
+        if (r.dataset, r.shots) in PAPER_VGG16:
+            mean, std = PAPER_VGG16[(r.dataset, r.shots)]
+            rows.append({"dataset": r.dataset, "shots": r.shots, "seeds": r.seeds, "ours_mean": r.accuracy_mean,
+                         "ours_std": r.accuracy_std, "our_teacher": r.teacher,
+                         "ours_below_teacher": r.teacher - r.accuracy_mean,
+                         "paper_mean": mean, "paper_std": std, "paper_source": "quoted: Shen et al. AAAI 2021, VGG16"})
+    return pd.DataFrame(rows, columns=["dataset", "shots", "seeds", "ours_mean", "ours_std", "our_teacher",
+                                       "ours_below_teacher", "paper_mean", "paper_std", "paper_source"])
