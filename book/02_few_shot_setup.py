@@ -180,12 +180,7 @@ for ax, ds in zip(axes[0], datasets):
     plots.teacher_line(ax, teachers[ds]["test_accuracy"])
     ax.set(xlabel="images per class, N", ylabel="test accuracy (%)", xticks=sorted(shots), ylim=(0, 100),
            title=f"{ds} (teacher: {teachers[ds]['test_accuracy']:.1f}%)")
-handles, labels = axes[0][0].get_legend_handles_labels()
-for ax in axes[0]:
-    ax.get_legend().remove()
-fig.legend(handles, [lab.split(" (")[0] if lab.startswith("teacher") else lab for lab in labels],
-           loc="lower center", ncol=3, fontsize=7.5, frameon=False)
-fig.tight_layout(rect=(0, 0.1, 1, 1))
+plots.shared_legend(fig, axes[0], teacher_prefix="teacher", bottom=0.1)
 plots.save_figure(fig, "02_baselines", output_root)
 plt.show()
 

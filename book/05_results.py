@@ -60,8 +60,8 @@ display(Markdown(f"Profile **{prof.name}**: {len(runs)} runs ({', '.join(dataset
                  f"seeds {list(seeds)}; NetGraft, KD and scratch), {df.wall_s.sum() / 60:.1f} min of training in all."))
 
 # %% tags=["hide-input"]
-wide = summary.pivot_table(index=["dataset", "shots"], columns="method",
-                           values=["test_accuracy_mean", "test_accuracy_std"])
+# unstack, not pivot_table: a single seed's std is all NaN, and pivot_table would drop that column
+wide = summary.set_index(["dataset", "shots", "method"])[["test_accuracy_mean", "test_accuracy_std"]].unstack("method")
 results = pd.DataFrame({"dataset": [d for d, _ in wide.index], "shots": [n for _, n in wide.index]})
 results["seeds"] = summary.groupby(["dataset", "shots"])["seeds"].min().to_numpy()
 results["teacher_accuracy"] = results["dataset"].map(teacher_acc)
@@ -99,12 +99,7 @@ for ax, ds in zip(axes[0], datasets):
     plots.teacher_line(ax, teacher_acc[ds], label="our teacher")
     ax.set(xlabel="images per class, N", ylabel="test accuracy (%)", title=f"{ds} (our teacher: {teacher_acc[ds]:.1f}%)",
            xticks=sorted(shots), ylim=(0, 100))
-handles, labels = axes[0][0].get_legend_handles_labels()
-for ax in axes[0]:
-    ax.get_legend().remove()
-fig.legend(handles, [lab.split(" (")[0] if lab.startswith("our teacher") else lab for lab in labels],
-           loc="lower center", ncol=3, fontsize=7.5, frameon=False)
-fig.tight_layout(rect=(0, 0.13, 1, 1))
+plots.shared_legend(fig, axes[0], teacher_prefix="our teacher", bottom=0.13)
 plots.save_figure(fig, "05_results", output_root)
 plt.show()
 

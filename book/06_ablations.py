@@ -163,13 +163,19 @@ for (ds, n), sub in groups:
         parts.append(f"{label(r.method)} {r.accuracy_mean:.1f}% ({d:+.1f})")
     worst = sub[sub.method != "netgraft"].sort_values("accuracy_mean").iloc[0]
     drop = worst.accuracy_mean - full.accuracy_mean
+    spread = comparison[(comparison.dataset == ds) & (comparison.shots == n) & (comparison.method == "netgraft")]
+    noise = ""
+    if len(spread) and spread.seeds.iloc[0] > full.seeds:
+        noise = (f" For scale: over {spread.seeds.iloc[0]} seeds, full NetGraft's own spread at this N is "
+                 f"±{spread.accuracy_std.iloc[0]:.1f} points, so a difference smaller than that, seen on "
+                 f"{full.seeds} seed{'s' if full.seeds > 1 else ''}, is not resolved.")
     text.append(f"- {ds}, N={n}: full NetGraft {full.accuracy_mean:.1f}%; " + "; ".join(parts) + ". "
                 + (f"The largest drop comes from **{label(worst.method)}** ({drop:+.1f} points)." if drop < 0 else
-                   "No variant is below full NetGraft here."))
+                   "No variant is below full NetGraft here.") + noise)
 fold_ok = bool(details.fold_same_predictions.all())
 display(Markdown(
-    "Test accuracy of each variant, and its difference in points to full NetGraft (mean over seeds; the "
-    "spread is in the table above):\n\n" + "\n".join(text) + "\n\n"
+    "Test accuracy of each variant, and its difference in points to full NetGraft on the same seeds (mean "
+    "over those seeds; the spread is in the table above):\n\n" + "\n".join(text) + "\n\n"
     f"**Adapters kept vs folded.** Over all {len(details)} grafting runs of this sweep, folding each adapter "
     f"pair into one 1x1 conv changed the test logits by at most {details.fold_max_abs_logit_diff.max():.2e} and "
     + ("changed no prediction: the folded student is the grafted network." if fold_ok else

@@ -373,13 +373,13 @@ display(Markdown(
 # ## 7.5 The zero point of the N-shot curve
 #
 # NetGraft's students of the earlier chapters are read from the experiment cache, for this data
-# set, profile and teacher; nothing is trained here. Zero sits at the left of the axis.
+# set, profile and teacher, on the profile's own schedule (no ablation variant); nothing is trained here. Zero sits at the left of the axis.
 
 # %%
 teacher_key = df["two_stage"]["teacher"]
 few = pd.DataFrame([{"shots": m["shots"], "seed": m["seed"], "test_accuracy": m["test_accuracy"], "wall_s": m["wall_s"]}
-                    for m in cached_runs("netgraft", output_root)
-                    if (m.get("dataset"), m.get("profile"), m.get("teacher")) == (dataset, prof.name, teacher_key)],
+                    for m in cached_runs("netgraft", output_root, profile=prof, dataset=dataset)
+                    if m.get("teacher") == teacher_key],
                    columns=["shots", "seed", "test_accuracy", "wall_s"])
 curve = few.groupby("shots").test_accuracy.agg(["mean", "std", "count"]).reset_index()
 zero = pd.DataFrame([{"method": f"data-free, {LABELS[s]}", "shots": 0, "test_accuracy": r["test_accuracy"],

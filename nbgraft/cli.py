@@ -53,11 +53,14 @@ def cmd_graft(args) -> int:
 
 
 def cmd_table(args) -> int:
-    from .experiments import results_frame
+    import pandas as pd
 
-    df = results_frame(args.output_root)
-    if args.profile:
-        df = df[df["profile"] == args.profile]
+    from .experiments import results_frame
+    from .profiles import PROFILES
+
+    # Only runs on each profile's own schedules: ablation variants and runs of older schedules stay out.
+    frames = [results_frame(args.output_root, profile=p) for p in ([args.profile] if args.profile else PROFILES)]
+    df = pd.concat([f for f in frames if not f.empty] or frames[:1])
     if df.empty:
         print("no finished runs in the cache yet; run `python -m nbgraft graft ...` first")
         return 1
@@ -103,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_graft)
 
     p = sub.add_parser("table", help="print mean/std over seeds of every finished run in the cache")
-    p.add_argument("--profile", default=None, help="only this profile")
+    p.add_argument("--profile", default=None, help="only this profile (each profile's runs on its own schedules)")
     p.add_argument("--output-root", default=None)
     p.set_defaults(func=cmd_table)
 

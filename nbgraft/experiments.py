@@ -17,7 +17,7 @@ import torch
 
 from . import data as D
 from .baselines import train_baseline
-from .cache import Entry, default_output_root
+from .cache import Entry, _plain, default_output_root
 from .device import pick_device
 from .evaluate import count_flops, count_params, predict, report
 from .graft import GraftParts, Grafted, Student, export_student, graft_blocks, graft_net
@@ -168,19 +168,39 @@ def load_student(metrics: dict, output_root=None, device=None) -> Student:
     return student.to(pick_device(device)).eval()
 
 
-def cached_runs(method: str, output_root=None) -> list[dict]:
-    """Metrics of every finished run of `method` in the cache."""
+def cached_runs(method: str, output_root=None, *, profile=None, dataset: str | None = None) -> list[dict]:
+    """Metrics of every finished run of `method` in the cache.
+
+    With `profile` and `dataset`: only that data set's runs on the profile's own schedule (no
+    ablation overrides, default student), so an old or a variant run never mixes into a curve.
+    """
     base = Path(output_root if output_root is not None else default_output_root()) / "cache" / method
-    return [json.loads(p.read_text()) for p in sorted(base.glob("*/metrics.json"))]
+    runs = [json.loads(p.read_text()) for p in sorted(base.glob("*/metrics.json"))]
+    if profile is None and dataset is None:
+        return runs
+    if profile is None or dataset is None:
+        raise ValueError("give both profile and dataset, or neither")
+    profile, dataset = get_profile(profile), D.check_dataset(dataset)
+    sched = profile.graft_for(dataset) if method == "netgraft" else profile.baseline
+    own = json.loads(json.dumps(_plain(sched)))
+    widths = list(student_spec(spec_from_config(teacher_config(dataset, profile))).widths)
+    return [m for m in runs if m.get("dataset") == dataset and m.get("profile") == profile.name
+            and m.get("schedule") == own and m.get("student_spec", {}).get("widths", widths) == widths]
 
 
 RESULT_COLUMNS = ["method", "dataset", "profile", "shots", "seed", "test_accuracy", "test_agreement", "val_accuracy",
                   "teacher_test_accuracy", "wall_s"]
 
 
-def results_frame(output_root=None, methods=("netgraft", "scratch", "kd")):
-    """One row per finished run in the cache (the columns of RESULT_COLUMNS)."""
+def results_frame(output_root=None, methods=("netgraft", "scratch", "kd"), profile=None):
+    """One row per finished run in the cache (the columns of RESULT_COLUMNS); with `profile`, only
+    runs on that profile's own schedules (see cached_runs)."""
     import pandas as pd
 
-    rows = [{c: m.get(c) for c in RESULT_COLUMNS} for method in methods for m in cached_runs(method, output_root)]
+    if profile is None:
+        runs = [m for method in methods for m in cached_runs(method, output_root)]
+    else:
+        runs = [m for method in methods for ds in D.DATASETS
+                for m in cached_runs(method, output_root, profile=profile, dataset=ds)]
+    rows = [{c: m.get(c) for c in RESULT_COLUMNS} for m in runs]
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)

@@ -26,6 +26,17 @@ def teacher_line(ax, accuracy: float, label: str = "teacher") -> None:
     ax.axhline(accuracy, **TEACHER_STYLE, label=f"{label} ({accuracy:.1f}%)")
 
 
+def shared_legend(fig, axes, teacher_prefix: str, bottom: float) -> None:
+    """One legend under a row of panels (each panel's own removed); the teacher entry loses its
+    per-panel accuracy, which the panel titles give instead."""
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes:
+        ax.get_legend().remove()
+    fig.legend(handles, [lab.split(" (")[0] if lab.startswith(teacher_prefix) else lab for lab in labels],
+               loc="lower center", ncol=3, fontsize=7.5, frameon=False)
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+
+
 def save_figure(fig, name: str, output_root=None) -> Path:
     """outputs/figures/<name>.png, written atomically with no timestamp in it (byte-stable)."""
     path = Path(output_root if output_root is not None else default_output_root()) / "figures" / f"{name}.png"

@@ -272,10 +272,13 @@ def graft_details(table: pd.DataFrame, output_root=None) -> pd.DataFrame:
 
 def ablation_summary(table: pd.DataFrame, details: pd.DataFrame) -> pd.DataFrame:
     """Every NetGraft variant at each (data set, N) where an ablation ran, in ABLATIONS order, with
-    mean ± std over seeds and the folding check over those seeds (`details` from graft_details)."""
+    mean ± std over seeds and the folding check over those seeds (`details` from graft_details).
+
+    Only the seeds the ablations ran on count, for full NetGraft too: a variant is compared with
+    NetGraft on the same few-shot draws, never with a mean over other draws."""
     graft = table[table["method"].isin(ABLATIONS)]
-    where = graft.loc[graft["method"] != "netgraft", ["dataset", "shots"]].drop_duplicates()
-    out = summarise(graft.merge(where, on=["dataset", "shots"]))
+    where = graft.loc[graft["method"] != "netgraft", ["dataset", "shots", "seed"]].drop_duplicates()
+    out = summarise(graft.merge(where, on=["dataset", "shots", "seed"]))
     fold = (details.groupby(["dataset", "method", "shots"])
             .agg(fold_max_abs_logit_diff=("fold_max_abs_logit_diff", "max"),
                  fold_same_predictions=("fold_same_predictions", "all")).reset_index())
