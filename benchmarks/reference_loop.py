@@ -82,9 +82,9 @@ def reference_netgraft(teacher: BlockVGG, parts: GraftParts, x: torch.Tensor, sc
     bs = sched.batch_size(shots, teacher.spec.num_classes)
     t0 = time.perf_counter()
     for j, i in enumerate(parts.positions):
-        n_epochs = sched.block_epochs[min(j, len(sched.block_epochs) - 1)]
+        n_epochs = sched.block_epochs_at(j)
         blocks, adapters = parts.chain_params(i, i)
-        groups = [{"params": blocks, "lr": sched.block_lr[min(j, len(sched.block_lr) - 1)] * scale}]
+        groups = [{"params": blocks, "lr": sched.block_lr_at(j) * scale}]
         if adapters:
             groups.append({"params": adapters, "lr": sched.block_adapter_lr * scale})
         _train_unit(log, f"block{i + 1}", teacher, Grafted(teacher, parts, i, i), torch.optim.Adam(groups), x, bs,

@@ -143,7 +143,7 @@ if prof.test_limit:
     differs.append(f"accuracies are on the first {prof.test_limit} test images only")
 differs.append(f"everything ran on {', '.join(devices)}")
 differs.append(f"our means are over {df.seed.nunique()} few-shot seed(s)"
-               + (" (a single seed: no spread)" if df.seed.nunique() == 1 else ""))
+               + (" (a single seed: no spread here; chapter 6 repeats the sweep over seeds)" if df.seed.nunique() == 1 else ""))
 display(Markdown(
     ("Side by side, NetGraft: " + "; ".join(gaps) + ". " if gaps else "")
     + "What differs from the paper: " + "; ".join(differs) + ". "

@@ -99,9 +99,9 @@ for ax, ds in zip(axes[0], shown_ds):
                         label=label(method))
     plots.teacher_line(ax, teacher_acc[ds])
     shots_axis(ax, sorted(sub.shots.unique()))
-    ax.set(ylabel="test accuracy (%)", title=ds, ylim=(0, 100))
-    ax.legend(fontsize=7, loc="lower right")
-fig.tight_layout()
+    ax.set(ylabel="test accuracy (%)", title=f"{ds} (teacher: {teacher_acc[ds]:.1f}%)", ylim=(0, 100))
+    ax.legend()
+plots.shared_legend(fig, axes[0], teacher_prefix="teacher", bottom=0.12)
 plots.save_figure(fig, "06_accuracy_vs_shots", output_root)
 plt.show()
 

@@ -171,7 +171,7 @@ def graft_blocks_stacked(teacher: BlockVGG, stacked: StackedParts | LoopedParts,
     teacher.eval()
     S, n = xs.shape[:2]
     logs = [StageLog() for _ in range(S)]
-    epochs = {i: sched.block_epochs[min(j, len(sched.block_epochs) - 1)] for j, i in enumerate(stacked.positions)}
+    epochs = {i: sched.block_epochs_at(j) for j, i in enumerate(stacked.positions)}
     positions = [i for i in stacked.positions if epochs[i] > 0]
     if not positions:
         return logs
@@ -179,7 +179,7 @@ def graft_blocks_stacked(teacher: BlockVGG, stacked: StackedParts | LoopedParts,
     opts = {}
     for j, i in enumerate(stacked.positions):
         blocks, adapters = stacked.chain_params(i, i)
-        opts[i] = _adam([{"params": blocks, "lr": sched.block_lr[min(j, len(sched.block_lr) - 1)] * scale},
+        opts[i] = _adam([{"params": blocks, "lr": sched.block_lr_at(j) * scale},
                          {"params": adapters, "lr": sched.block_adapter_lr * scale}])
     hybrids = {i: stacked.hybrid(teacher, i, i, train=True) for i in positions}
     bs = sched.batch_size(shots, teacher.spec.num_classes)

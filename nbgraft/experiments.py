@@ -195,12 +195,16 @@ RESULT_COLUMNS = ["method", "dataset", "profile", "shots", "seed", "test_accurac
 def results_frame(output_root=None, methods=("netgraft", "scratch", "kd"), profile=None):
     """One row per finished run in the cache (the columns of RESULT_COLUMNS); with `profile`, only
     runs on that profile's own schedules (see cached_runs)."""
-    import pandas as pd
-
     if profile is None:
         runs = [m for method in methods for m in cached_runs(method, output_root)]
     else:
         runs = [m for method in methods for ds in D.DATASETS
                 for m in cached_runs(method, output_root, profile=profile, dataset=ds)]
-    rows = [{c: m.get(c) for c in RESULT_COLUMNS} for m in runs]
-    return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    return runs_frame(runs)
+
+
+def runs_frame(runs: list[dict]):
+    """One row per run's metrics: method, data set, N, seed, accuracies (%), wall time (s)."""
+    import pandas as pd
+
+    return pd.DataFrame([{c: m.get(c) for c in RESULT_COLUMNS} for m in runs], columns=RESULT_COLUMNS)

@@ -201,7 +201,7 @@ def graft_blocks(teacher: BlockVGG, parts: GraftParts, x: torch.Tensor, sched: G
     parts.train()
     log = StageLog()
     positions = parts.positions
-    epochs = {i: sched.block_epochs[min(j, len(sched.block_epochs) - 1)] for j, i in enumerate(positions)}
+    epochs = {i: sched.block_epochs_at(j) for j, i in enumerate(positions)}
     positions = [i for i in positions if epochs[i] > 0]
     if not positions:
         return log
@@ -209,7 +209,7 @@ def graft_blocks(teacher: BlockVGG, parts: GraftParts, x: torch.Tensor, sched: G
     opts = {}
     for j, i in enumerate(parts.positions):
         blocks, adapters = parts.chain_params(i, i)
-        groups = [{"params": blocks, "lr": sched.block_lr[min(j, len(sched.block_lr) - 1)] * scale}]
+        groups = [{"params": blocks, "lr": sched.block_lr_at(j) * scale}]
         if adapters:
             groups.append({"params": adapters, "lr": sched.block_adapter_lr * scale})
         opts[i] = torch.optim.Adam(groups)

@@ -49,6 +49,14 @@ class GraftSchedule:
 
     scale_lr_with_shots: bool = True  # the paper's rule; off = the same learning rates for every N
 
+    def block_epochs_at(self, j: int) -> int:
+        """Epochs of the j-th grafted block (the last value repeats)."""
+        return self.block_epochs[min(j, len(self.block_epochs) - 1)]
+
+    def block_lr_at(self, j: int) -> float:
+        """Learning rate of the j-th grafted block (the last value repeats)."""
+        return self.block_lr[min(j, len(self.block_lr) - 1)]
+
     def lr_scale(self, shots: int) -> float:
         return shots / self.lr_reference_shots if self.scale_lr_with_shots else 1.0
 

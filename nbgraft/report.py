@@ -12,7 +12,7 @@ from itertools import product
 
 import pandas as pd
 
-from .experiments import RESULT_COLUMNS, run_baseline, run_netgraft
+from .experiments import run_baseline, run_netgraft, runs_frame  # noqa: F401  (runs_frame: for the chapters)
 
 METHODS = ("netgraft", "kd", "scratch")
 METHOD_LABELS = {"netgraft": "NetGraft", "kd": "KD on the N shots", "scratch": "scratch on the N shots (labels)",
@@ -41,11 +41,6 @@ def run_grid(method: str, datasets, shots, seeds, profile="cpu", **kw) -> list[d
         else:
             runs.append(run_baseline(method, ds, n, seed, profile, **kw))
     return runs
-
-
-def runs_frame(runs: list[dict]) -> pd.DataFrame:
-    """One row per run: method, data set, N, seed, accuracies (%), wall time (s)."""
-    return pd.DataFrame([{c: m.get(c) for c in RESULT_COLUMNS} for m in runs], columns=RESULT_COLUMNS)
 
 
 def summarise(df: pd.DataFrame, by=("dataset", "method", "shots"), value: str = "test_accuracy") -> pd.DataFrame:
