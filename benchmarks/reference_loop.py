@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from nbgraft.evaluate import accuracy, predict
-from nbgraft.graft import GraftParts, Grafted, _epoch_batches, graft_loss, net_steps
+from nbgraft.graft import GraftParts, Grafted, _epoch_batches, block_optimizer, graft_loss, net_steps
 from nbgraft.models import BlockVGG
 from nbgraft.profiles import GraftSchedule
 
@@ -83,11 +83,7 @@ def reference_netgraft(teacher: BlockVGG, parts: GraftParts, x: torch.Tensor, sc
     t0 = time.perf_counter()
     for j, i in enumerate(parts.positions):
         n_epochs = sched.block_epochs_at(j)
-        blocks, adapters = parts.chain_params(i, i)
-        groups = [{"params": blocks, "lr": sched.block_lr_at(j) * scale}]
-        if adapters:
-            groups.append({"params": adapters, "lr": sched.block_adapter_lr * scale})
-        _train_unit(log, f"block{i + 1}", teacher, Grafted(teacher, parts, i, i), torch.optim.Adam(groups), x, bs,
+        _train_unit(log, f"block{i + 1}", teacher, Grafted(teacher, parts, i, i), block_optimizer(parts, j, sched, shots), x, bs,
                     seed, n_epochs, sched, x_test, y_test, test_every)
     for a, b, n_epochs in net_steps(parts, sched):
         blocks, adapters = parts.chain_params(a, b)

@@ -34,7 +34,8 @@ from .cache import Entry
 from .device import autocast
 from .evaluate import count_flops, count_params
 from .experiments import Setting, _base_config, prepare
-from .graft import (GraftParts, Grafted, StageLog, Student, _epoch_batches, _TeacherCache, export_student,
+from .graft import (GraftParts, Grafted, StageLog, Student, _epoch_batches, _TeacherCache, block_optimizer,
+                    export_student,
                     graft_loss, net_steps)
 from .models import NUM_BLOCKS, BlockVGG, student_spec
 from .profiles import GraftSchedule, get_profile
@@ -175,12 +176,7 @@ def graft_blocks_stacked(teacher: BlockVGG, stacked: StackedParts | LoopedParts,
     positions = [i for i in stacked.positions if epochs[i] > 0]
     if not positions:
         return logs
-    scale = sched.lr_scale(shots)
-    opts = {}
-    for j, i in enumerate(stacked.positions):
-        blocks, adapters = stacked.chain_params(i, i)
-        opts[i] = _adam([{"params": blocks, "lr": sched.block_lr_at(j) * scale},
-                         {"params": adapters, "lr": sched.block_adapter_lr * scale}])
+    opts = {i: block_optimizer(stacked, j, sched, shots) for j, i in enumerate(stacked.positions)}
     hybrids = {i: stacked.hybrid(teacher, i, i, train=True) for i in positions}
     bs = sched.batch_size(shots, teacher.spec.num_classes)
     cache = _TeacherCache(teacher, xs.flatten(0, 1), positions, sched.augment)

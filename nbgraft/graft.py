@@ -190,6 +190,17 @@ class _TeacherCache:
         return self._compute(xb) if self.full is None else {k: v[b] for k, v in self.full.items()}
 
 
+def block_optimizer(parts, j: int, sched: GraftSchedule, shots: int) -> torch.optim.Adam:
+    """Adam for the j-th grafted block of `parts` (GraftParts or a stack of them) and its adapters,
+    at the schedule's block and adapter learning rates, scaled with N where the schedule says so."""
+    i = parts.positions[j]
+    blocks, adapters = parts.chain_params(i, i)
+    scale = sched.lr_scale(shots)
+    groups = [{"params": blocks, "lr": sched.block_lr_at(j) * scale},
+              {"params": adapters, "lr": sched.block_adapter_lr * scale}]
+    return torch.optim.Adam([g for g in groups if g["params"]])
+
+
 def graft_blocks(teacher: BlockVGG, parts: GraftParts, x: torch.Tensor, sched: GraftSchedule, shots: int,
                  seed: int = 0, joint: bool = True) -> StageLog:
     """Stage 1: train every student block (with its adapters) alone inside the frozen teacher.
@@ -205,14 +216,7 @@ def graft_blocks(teacher: BlockVGG, parts: GraftParts, x: torch.Tensor, sched: G
     positions = [i for i in positions if epochs[i] > 0]
     if not positions:
         return log
-    scale = sched.lr_scale(shots)
-    opts = {}
-    for j, i in enumerate(parts.positions):
-        blocks, adapters = parts.chain_params(i, i)
-        groups = [{"params": blocks, "lr": sched.block_lr_at(j) * scale}]
-        if adapters:
-            groups.append({"params": adapters, "lr": sched.block_adapter_lr * scale})
-        opts[i] = torch.optim.Adam(groups)
+    opts = {i: block_optimizer(parts, j, sched, shots) for j, i in enumerate(parts.positions)}
     grafted = {i: Grafted(teacher, parts, i, i) for i in positions}
     bs = sched.batch_size(shots, teacher.spec.num_classes)
     cache = _TeacherCache(teacher, x, positions, sched.augment)
