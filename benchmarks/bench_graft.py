@@ -98,7 +98,7 @@ def _overrides(args) -> dict:
         return {}
     from nbgraft.profiles import get_profile
 
-    sched = get_profile(args.profile).graft_for(args.dataset)
+    sched = get_profile(args.profile).graft_for(args.dataset, method=args.method)
     return {k: tuple(max(1, round(e * args.fraction)) for e in getattr(sched, k)) for k in ("block_epochs", "net_epochs")}
 
 
@@ -107,7 +107,7 @@ def _schedule(args):
 
     from nbgraft.profiles import get_profile
 
-    return replace(get_profile(args.profile).graft_for(args.dataset), **_overrides(args))
+    return replace(get_profile(args.profile).graft_for(args.dataset, method=args.method), **_overrides(args))
 
 
 def part_reference(args) -> dict:
@@ -117,9 +117,7 @@ def part_reference(args) -> dict:
     from reference_loop import reference_netgraft
 
     from nbgraft.evaluate import predict
-    from nbgraft.experiments import prepare
-    from nbgraft.graft import GraftParts
-    from nbgraft.models import student_spec
+    from nbgraft.experiments import new_parts, prepare, student_spec_for
     from nbgraft.profiles import get_profile
 
     profile = get_profile(args.profile)
@@ -141,8 +139,7 @@ def part_reference(args) -> dict:
         test_every = max(1, math.ceil(total_epochs * probe_s / REF_TEST_BUDGET_S))
     test_every = int(test_every)
     t1 = time.perf_counter()
-    torch.manual_seed(seed)  # as run_netgraft: the same initial student
-    parts = GraftParts.for_student(s.teacher.spec, student_spec(s.teacher.spec)).to(s.x.device)
+    parts = new_parts(s.teacher, student_spec_for(s.teacher.spec), seed, sched.init, s.x)  # as run_netgraft
     log = reference_netgraft(s.teacher, parts, s.x, sched, args.shots, seed, s.x_test, s.y_test, test_every)
     wall = setup_s + time.perf_counter() - t1
     skipped = log.epochs - log.test_passes
@@ -159,8 +156,8 @@ def part_engine(args) -> dict:
     sampler = _RssSampler()
     sampler.start()
     t0 = time.perf_counter()
-    m = run_netgraft(args.dataset, args.shots, args.seeds[0], args.profile, data_root=args.data_root,
-                     output_root=args.root, device=args.device, **_overrides(args))
+    m = run_netgraft(args.dataset, args.shots, args.seeds[0], args.profile, method=args.method,
+                     data_root=args.data_root, output_root=args.root, device=args.device, **_overrides(args))
     return {"wall_s": time.perf_counter() - t0, "test_passes": counter["full"], "test_accuracy": m["test_accuracy"],
             "block_stage_s": m["block_stage_s"], "net_stage_s": m["net_stage_s"], "images": m["images"],
             **_peak_memory(sampler)}
@@ -173,7 +170,7 @@ def part_singles(args) -> dict:
     sampler = _RssSampler()
     sampler.start()
     t0 = time.perf_counter()
-    ms = [run_netgraft(args.dataset, args.shots, seed, args.profile, data_root=args.data_root,
+    ms = [run_netgraft(args.dataset, args.shots, seed, args.profile, method=args.method, data_root=args.data_root,
                        output_root=args.root, device=args.device, **_overrides(args)) for seed in args.seeds]
     return {"wall_s": time.perf_counter() - t0, "test_passes": counter["full"],
             "test_accuracy": [m["test_accuracy"] for m in ms], "images": ms[0]["images"], **_peak_memory(sampler)}
@@ -181,6 +178,7 @@ def part_singles(args) -> dict:
 
 def part_batched(args) -> dict:
     import nbgraft.batched as B
+    from nbgraft.experiments import graft_seeds
 
     n_test = _n_test(args)
     counter = {"full": 0, "suffix": 0}
@@ -199,10 +197,10 @@ def part_batched(args) -> dict:
     sampler = _RssSampler()
     sampler.start()
     t0 = time.perf_counter()
-    ms = B.graft_seeds(args.dataset, args.shots, args.seeds, args.profile, data_root=args.data_root,
-                       output_root=args.root, device=args.device, stack=args.stack, **_overrides(args))
+    ms = graft_seeds(args.dataset, args.shots, args.seeds, args.profile, method=args.method, data_root=args.data_root,
+                     output_root=args.root, device=args.device, stack=args.stack, **_overrides(args))
     return {"wall_s": time.perf_counter() - t0, "test_passes": counter["full"], "suffix_passes": counter["suffix"],
-            "stack": ms[0]["batched_stack"],
+            "stack": args.stack,
             "test_accuracy": [m["test_accuracy"] for m in ms], "images": ms[0]["images"], **_peak_memory(sampler)}
 
 
@@ -214,7 +212,7 @@ def _teacher_dir(args, root) -> Path:
     from nbgraft.cache import Entry
     from nbgraft.teacher import teacher_config
 
-    return Entry(root, "teacher", teacher_config(args.dataset, args.profile)).dir
+    return Entry(root, "teacher", teacher_config(args.dataset, args.profile, data_root=args.data_root)).dir
 
 
 def _stage_teacher(args, work: Path) -> Path:
@@ -239,7 +237,7 @@ def _run_part(name: str, args, work: Path, teacher_src: Path) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--part", name, "--root", str(root),
            "--dataset", args.dataset, "--shots", str(args.shots), "--profile", args.profile,
            "--seeds", *map(str, args.seeds), "--device", args.device, "--ref-test-every", str(args.ref_test_every),
-           "--fraction", str(args.fraction), "--stack", args.stack]
+           "--fraction", str(args.fraction), "--stack", args.stack, "--method", args.method]
     if args.data_root:
         cmd += ["--data-root", args.data_root]
     print(f"[{time.strftime('%H:%M:%S')}] running {name} ...", flush=True)
@@ -313,6 +311,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dataset", default="cifar10")
     ap.add_argument("--shots", type=int, default=10)
     ap.add_argument("--profile", default="cpu")
+    ap.add_argument("--method", default="netgraft_paper", choices=("netgraft_paper", "netgraft"),
+                    help="the recipe; the reference loop reproduces the paper's (logit loss, fresh augmentations)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="the first one is used for (a)/(b)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--data-root", default=None)

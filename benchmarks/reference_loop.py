@@ -12,13 +12,13 @@ the benchmark short; the benchmark then adds the skipped passes' time back, expl
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from nbgraft.evaluate import accuracy, predict
-from nbgraft.graft import GraftParts, Grafted, _epoch_batches, block_optimizer, graft_loss, net_steps
-from nbgraft.models import BlockVGG
+from nbgraft.graft import GraftParts, Grafted, _epoch_batches, block_optimizer, graft_loss, net_optimizer, net_steps
+from nbgraft.models import BlockNet
 from nbgraft.profiles import GraftSchedule
 
 
@@ -43,7 +43,7 @@ class ReferenceLog:
         return self.test_s / max(1, self.test_passes)
 
 
-def reference_loss(teacher: BlockVGG, hybrid: Grafted, xb: torch.Tensor, sched: GraftSchedule) -> torch.Tensor:
+def reference_loss(teacher: BlockNet, hybrid: Grafted, xb: torch.Tensor, sched: GraftSchedule) -> torch.Tensor:
     """One step's loss the official way: the teacher for the target, then the hybrid from the image."""
     with torch.no_grad():
         target = teacher(xb).float()
@@ -55,7 +55,8 @@ def _train_unit(log: ReferenceLog, name: str, teacher, hybrid, opt, x, bs, seed,
     for epoch in range(n_epochs):
         hybrid.train()
         total = 0.0
-        for b, xb in _epoch_batches(x, bs, seed, epoch, sched.augment):
+        for b, xb in _epoch_batches(x, bs, seed, epoch, replace(sched, views=0)):  # fresh augmentations
+            xb = x[b] if xb is None else xb
             loss = reference_loss(teacher, hybrid, xb, sched)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -71,26 +72,22 @@ def _train_unit(log: ReferenceLog, name: str, teacher, hybrid, opt, x, bs, seed,
             log.test_accuracy.setdefault(name, []).append((epoch + 1, acc))
 
 
-def reference_netgraft(teacher: BlockVGG, parts: GraftParts, x: torch.Tensor, sched: GraftSchedule, shots: int,
+def reference_netgraft(teacher: BlockNet, parts: GraftParts, x: torch.Tensor, sched: GraftSchedule, shots: int,
                        seed: int, x_test: torch.Tensor, y_test: torch.Tensor, test_every: int = 1) -> ReferenceLog:
     """Sequential block grafting, then progressive net grafting, both the official way; trains `parts`."""
     if test_every < 1:
         raise ValueError(f"test_every must be >= 1, got {test_every}")
     teacher.eval()
     log = ReferenceLog()
-    scale = sched.lr_scale(shots)
-    bs = sched.batch_size(shots, teacher.spec.num_classes)
+    bs = sched.batch_size(shots, teacher.num_classes)
     t0 = time.perf_counter()
     for j, i in enumerate(parts.positions):
         n_epochs = sched.block_epochs_at(j)
         _train_unit(log, f"block{i + 1}", teacher, Grafted(teacher, parts, i, i), block_optimizer(parts, j, sched, shots), x, bs,
                     seed, n_epochs, sched, x_test, y_test, test_every)
     for a, b, n_epochs in net_steps(parts, sched):
-        blocks, adapters = parts.chain_params(a, b)
-        groups = [{"params": blocks, "lr": sched.net_lr * scale}]
-        if adapters:
-            groups.append({"params": adapters, "lr": sched.net_adapter_lr * scale})
-        _train_unit(log, f"chain{a + 1}-{b + 1}", teacher, Grafted(teacher, parts, a, b), torch.optim.Adam(groups),
-                    x, bs, seed + 7919 * (b + 1), n_epochs, sched, x_test, y_test, test_every)
+        _train_unit(log, f"chain{a + 1}-{b + 1}", teacher, Grafted(teacher, parts, a, b),
+                    net_optimizer(parts, a, b, sched, shots), x, bs, seed + 7919 * (b + 1), n_epochs, sched, x_test,
+                    y_test, test_every)
     log.wall_s = time.perf_counter() - t0
     return log

@@ -25,9 +25,10 @@
 # student. Folding each pair of adapters between two student blocks into one 1x1 convolution
 # makes it a standalone network.
 #
-# This chapter follows accuracy along the chain, compares the final student with the teacher
-# and the two baselines of chapter 2, measures what the compression buys, and checks that
-# folding changes no prediction.
+# This chapter follows accuracy along the chain for both recipes (the book's trains each step on the
+# teacher's features at every boundary the chain produces as well as on the logits; the paper's on
+# the logits alone), compares the final student with the teacher and the four baselines of
+# chapter 2, measures what the compression buys, and checks that folding changes no prediction.
 
 # %% tags=["parameters"]
 dataset = "cifar10"
@@ -48,25 +49,33 @@ from IPython.display import Markdown, display
 from nbgraft import data as D
 from nbgraft import plots, report
 from nbgraft.device import pick_device
-from nbgraft.evaluate import count_flops, count_params, cpu_latency_ms
+from nbgraft.evaluate import compression_table
 from nbgraft.evaluate import report as score
-from nbgraft.experiments import load_student
+from nbgraft.experiments import check_parameters, load_student
 from nbgraft.profiles import get_profile
 from nbgraft.teacher import get_teacher
 
 plots.set_theme()
+check_parameters(datasets=dataset, shots=shots, seeds=seeds, profile=profile)
 prof = get_profile(profile)
-sched = prof.graft_for(dataset)
 kw = dict(data_root=data_root, output_root=output_root, device=device)
-runs = report.run_grid("netgraft", dataset, shots, seeds, prof, **kw)
+RECIPES = {"netgraft": "book's recipe", "netgraft_paper": "paper's recipe"}
+by_recipe = {m: report.run_grid(m, dataset, shots, seeds, prof, **kw) for m in RECIPES}
+runs = by_recipe["netgraft"]
 teacher_acc = runs[0]["teacher_test_accuracy"]
 n = max(shots)
-per_n = f" x N/{sched.lr_reference_shots}" if sched.lr_scale(1) != 1 else ""  # the paper scales learning rates with N
-display(Markdown(
-    f"NetGraft on **{dataset}**, profile **{prof.name}**, N in {list(shots)}, seeds {list(seeds)}. Net stage: "
-    f"{sched.net_mode} growth, {'/'.join(map(str, sched.net_epochs))} epochs per step, Adam at {sched.net_lr:g}{per_n} for "
-    f"the blocks; {sum(m['net_stage_s'] for m in runs) / 60:.1f} min of training in all."
-))
+
+
+def net_stage(method: str) -> str:
+    g = prof.graft_for(dataset, method=method)
+    per_n = f" x N/{g.lr_reference_shots}" if g.net_lr_scale(1) != 1 else ""
+    return (f"{RECIPES[method]}: {g.net_mode} growth, {'/'.join(map(str, g.net_epochs))} epochs per step, Adam at "
+            f"{g.net_lr:g}{per_n} (adapters {g.net_adapter_lr:g}{per_n}); "
+            f"{sum(m['net_stage_s'] for m in by_recipe[method]) / 60:.1f} min of net-stage training in all")
+
+
+display(Markdown(f"**{dataset}**, profile **{prof.name}**, N in {list(shots)}, seeds {list(seeds)}.\n\n"
+                 + "\n".join(f"- {net_stage(m)}." for m in RECIPES)))
 
 # %% [markdown]
 # ## Accuracy as the chain grows
@@ -76,20 +85,23 @@ display(Markdown(
 
 # %% tags=["hide-input"]
 first = min(runs[0]["blocks"], key=lambda k: int(k[5:]))
-chain = pd.concat([report.stage_frame(runs, "blocks").query("part == @first"), report.stage_frame(runs, "chains")])
+chain = pd.concat([pd.concat([report.stage_frame(r, "blocks").query("part == @first"),
+                              report.stage_frame(r, "chains")]).assign(recipe=RECIPES[m])
+                   for m, r in by_recipe.items()])
 order = list(dict.fromkeys(chain["label"]))
-fig, ax = plt.subplots(figsize=(plots.BOOK_WIDTH_IN, 3.2))
-sns.pointplot(data=chain, x="label", y="test_accuracy", hue="shots", order=order, palette="viridis", dodge=0.3,
-              errorbar="sd", linewidth=1.5, ax=ax)
-plots.teacher_line(ax, teacher_acc)
-ax.set(xlabel="student blocks grafted into the teacher", ylabel="test accuracy (%)",
-       title=f"{dataset}: accuracy along the progressive chain")
-ax.legend(title="N", fontsize=7, title_fontsize=7)
+fig, axes = plt.subplots(1, 2, figsize=(plots.BOOK_WIDTH_IN, 3.2), sharey=True)
+for ax, name in zip(axes, RECIPES.values()):
+    sns.pointplot(data=chain[chain.recipe == name], x="label", y="test_accuracy", hue="shots", order=order,
+                  palette="viridis", dodge=0.3, errorbar="sd", linewidth=1.5, ax=ax)
+    plots.teacher_line(ax, teacher_acc)
+    ax.set(xlabel="student blocks grafted into the teacher", ylabel="test accuracy (%)", title=name)
+    ax.legend(title="N", fontsize=7, title_fontsize=7, loc="lower right")
+fig.suptitle(f"{dataset}: accuracy along the progressive chain", fontsize=10)
 fig.tight_layout()
 plots.save_figure(fig, "04_chain_accuracy", output_root)
 plt.show()
 chain["step"] = chain["label"].map(order.index)
-steps = (chain.groupby(["shots", "step", "label"])
+steps = (chain.groupby(["recipe", "shots", "step", "label"])
          .agg(test_accuracy_mean=("test_accuracy", "mean"), test_accuracy_std=("test_accuracy", "std"),
               test_agreement_mean=("test_agreement", "mean"), seeds=("seed", "nunique")).reset_index()
          .drop(columns="step").rename(columns={"label": "grafted"}))
@@ -97,6 +109,11 @@ steps.insert(0, "dataset", dataset)
 steps["teacher_test_accuracy"] = teacher_acc
 plots.save_table(steps, "04_chain", output_root)
 display(steps.round(2))
+walk = {name: steps[(steps.recipe == name) & (steps.shots == n)]["test_accuracy_mean"].tolist() for name in RECIPES.values()}
+display(Markdown("With N=" + str(n) + ", from the first block alone to the whole student: " + "; ".join(
+    f"{name} {' -> '.join(f'{v:.1f}' for v in w)}%" for name, w in walk.items()) + ". Each net step adds a student "
+    "block that so far only ever read the teacher's activations; whether the step loses accuracy depends on how "
+    "much of the teacher's behaviour the loss pins down on so few images."))
 
 # %% tags=["hide-input"]
 net_losses = report.loss_frame(runs, "net_losses")
@@ -114,13 +131,12 @@ plt.show()
 # %% [markdown]
 # ## The student against the teacher and the baselines
 #
-# The final, folded NetGraft student beside the two students of chapter 2 trained on the same
-# N-shot images (scratch with labels, KD from the teacher's logits); same architecture, same
-# draws, same test images.
+# The final, folded NetGraft students (both recipes) beside the four students of chapter 2 trained
+# on the same N-shot images; same architecture, same draws, same test images.
 
 # %%
-baselines = [m for method in ("kd", "scratch") for m in report.run_grid(method, dataset, shots, seeds, prof, **kw)]
-df = report.runs_frame(runs + baselines)
+baselines = [m for method in report.BASELINES for m in report.run_grid(method, dataset, shots, seeds, prof, **kw)]
+df = report.runs_frame(runs + by_recipe["netgraft_paper"] + baselines)
 final = report.summarise(df).merge(report.summarise(df, value="test_agreement"), on=["dataset", "method", "shots", "seeds"])
 final["teacher_test_accuracy"] = teacher_acc
 plots.save_table(final, "04_student_vs_baselines", output_root)
@@ -139,12 +155,11 @@ fig.tight_layout()
 plots.save_figure(fig, "04_student_vs_baselines", output_root)
 plt.show()
 acc = final.set_index(["method", "shots"])["test_accuracy_mean"]
-display(Markdown(
-    f"With N={n}, the NetGraft student reaches **{acc[('netgraft', n)]:.2f}%** test accuracy "
-    f"({teacher_acc - acc[('netgraft', n)]:.2f} points under the teacher's {teacher_acc:.2f}%), against "
-    f"{acc[('kd', n)]:.2f}% for KD and {acc[('scratch', n)]:.2f}% from scratch. With N={min(shots)}: "
-    f"{acc[('netgraft', min(shots))]:.2f}%, {acc[('kd', min(shots))]:.2f}% and {acc[('scratch', min(shots))]:.2f}%."
-))
+display(Markdown(" ".join(
+    f"With N={k}, the NetGraft student (book's recipe) reaches **{acc[('netgraft', k)]:.2f}%** test accuracy "
+    f"({teacher_acc - acc[('netgraft', k)]:.2f} points under the teacher's {teacher_acc:.2f}%), the paper's recipe "
+    f"{acc[('netgraft_paper', k)]:.2f}%, KD keeping the teacher's blocks {acc[('kd_inherited', k)]:.2f}% and KD from "
+    f"random {acc[('kd', k)]:.2f}%." for k in sorted({min(shots), n}))))
 
 # %% [markdown]
 # ## What the compression buys
@@ -159,14 +174,7 @@ m = next(r for r in runs if r["shots"] == n and r["seed"] == seeds[0])
 teacher, _ = get_teacher(dataset, prof, **kw)
 student = load_student(m, output_root, device)
 threads = torch.get_num_threads()
-rows = []
-for name, model in (("teacher", teacher), ("NetGraft student (folded)", student)):
-    rows.append({"model": name, "params_M": count_params(model) / 1e6, "MMACs": count_flops(model) / 1e6,
-                 "cpu_latency_ms_batch1": cpu_latency_ms(model, batch_size=1),
-                 "cpu_latency_ms_batch128": cpu_latency_ms(model, batch_size=128, repeats=10)})
-compression = pd.DataFrame(rows)
-compression["relative_params"] = compression["params_M"] / compression["params_M"].iloc[0]
-compression["relative_MMACs"] = compression["MMACs"] / compression["MMACs"].iloc[0]
+compression = compression_table({"teacher": teacher, "NetGraft student (folded)": student})
 plots.save_table(compression, "04_compression", output_root)
 display(compression.round(3))
 t, s = compression.iloc[0], compression.iloc[1]

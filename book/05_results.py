@@ -14,24 +14,32 @@
 # ---
 
 # %% [markdown]
-# # 5. Results beside the paper's
+# # 5. Results: how close the students get to their teacher
 #
-# The headline comparison: the NetGraft student's test accuracy for each data set and N, as the
-# mean and standard deviation over the few-shot seeds that were run, next to the numbers the
-# paper reports for its VGG16 on CIFAR-10 and CIFAR-100, and next to our two baselines.
+# The headline: for each data set and N, the test accuracy of every method as the mean and standard
+# deviation over few-shot draws (seeds: three for the book's NetGraft; the `seeds` column says how many
+# for the others, which cost more per point than they tell), read against the teacher it imitates.
+# This is the table `tables/fidelity.csv` (the ResNet-56 rows come from chapter 8). The paper's numbers
+# for its VGG16 stand beside ours, marked as quoted.
 
 # %% tags=["parameters"]
 datasets = ["cifar10", "cifar100"]
 profile = "cpu"
 shots = [1, 5, 10]
-seeds = [0]
+seeds = [0, 1, 2]  # the book's NetGraft
+control_seeds = {"cifar10": [0, 1, 2], "cifar100": [0]}  # the paper's recipe, the students keeping teacher blocks
+random_seeds = [0]  # the students trained from random weights (the slowest, and the furthest from the teacher)
+tune = False  # True: rerun the validation-pool grid of every method here (about an hour on 2 cores)
 device = "auto"
 data_root = "../data"
 output_root = "../outputs"
 
 # %% [markdown]
-# The paper's numbers are **quoted, not computed here**: NetGraft's top-1 test accuracy (%) with
-# a VGG16 teacher and its half-width student, mean ± std, from Shen et al., AAAI 2021.
+# The paper's numbers are **quoted, not computed here**: NetGraft's top-1 test accuracy (%) with a
+# VGG16 teacher and its half-width student, mean ± std, from Shen et al., AAAI 2021 (and its code's
+# README). They are the best *test* epoch of 5 runs on **one fixed few-shot draw**: a choice made on
+# the test set, and a spread that does not include the draw. Ours are the last epoch (nothing is
+# chosen on the test set) over three draws, so our spread also measures which images were drawn.
 
 # %%
 PAPER_QUOTED = {  # (data set, N) -> (mean, std) in %, copied from the paper; no run of ours produced these
@@ -40,6 +48,8 @@ PAPER_QUOTED = {  # (data set, N) -> (mean, std) in %, copied from the paper; no
 }
 
 # %%
+import json
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -47,46 +57,54 @@ import seaborn as sns
 from IPython.display import Markdown, display
 
 from nbgraft import plots, report
+from nbgraft.experiments import check_parameters
 from nbgraft.profiles import PROFILES, get_profile
 
 plots.set_theme()
+check_parameters(datasets=datasets, shots=shots, seeds=[*seeds, *random_seeds, *sum(control_seeds.values(), [])],
+                 profile=profile)
 prof = get_profile(profile)
 kw = dict(data_root=data_root, output_root=output_root, device=device)
-runs = [m for method in report.METHODS for m in report.run_grid(method, datasets, shots, seeds, prof, **kw)]
+
+
+def seeds_of(method: str, ds: str) -> list:
+    if method == "netgraft":
+        return seeds
+    return random_seeds if method in ("kd", "scratch") else control_seeds.get(ds, seeds)
+
+
+runs = [m for method in report.METHODS for ds in datasets
+        for m in report.run_grid(method, ds, shots, seeds_of(method, ds), prof, **kw)]
 df = report.runs_frame(runs)
 teacher_acc = df.groupby("dataset")["teacher_test_accuracy"].first()
-summary = report.summarise(df)
-display(Markdown(f"Profile **{prof.name}**: {len(runs)} runs ({', '.join(datasets)}; N in {list(shots)}; "
-                 f"seeds {list(seeds)}; NetGraft, KD and scratch), {df.wall_s.sum() / 60:.1f} min of training in all."))
+fidelity = report.fidelity_rows(df)
+report.save_fidelity(fidelity, output_root)
+minutes = df.groupby("method")["wall_s"].sum() / 60
+machines = sorted({json.dumps(m.get("machine", {"device": m["device"]}), sort_keys=True) for m in runs})
+display(Markdown("Where these runs ran (wall times below are theirs): " + "; ".join(
+    ", ".join(f"{k} {v}" for k, v in json.loads(x).items()) for x in machines) + "."))
+display(Markdown(f"Profile **{prof.name}**: {len(runs)} runs ({', '.join(datasets)}; N in {list(shots)}; seeds "
+                 f"{list(seeds)}; {len(report.METHODS)} methods), {df.wall_s.sum() / 60:.1f} min of training in all "
+                 f"({', '.join(f'{m}: {v:.1f}' for m, v in minutes.items())})."))
 
 # %% tags=["hide-input"]
-# unstack, not pivot_table: a single seed's std is all NaN, and pivot_table would drop that column
-wide = summary.set_index(["dataset", "shots", "method"])[["test_accuracy_mean", "test_accuracy_std"]].unstack("method")
-results = pd.DataFrame({"dataset": [d for d, _ in wide.index], "shots": [n for _, n in wide.index]})
-results["seeds"] = summary.groupby(["dataset", "shots"])["seeds"].min().to_numpy()
-results["teacher_accuracy"] = results["dataset"].map(teacher_acc)
-for method in report.METHODS:
-    results[f"{method}_accuracy_mean"] = wide[("test_accuracy_mean", method)].to_numpy()
-    results[f"{method}_accuracy_std"] = wide[("test_accuracy_std", method)].to_numpy()
-quoted = [PAPER_QUOTED.get((d, n), (np.nan, np.nan)) for d, n in zip(results.dataset, results.shots)]
-results["paper_netgraft_accuracy_mean"] = [q[0] for q in quoted]
-results["paper_netgraft_accuracy_std"] = [q[1] for q in quoted]
+wide = fidelity.assign(value=[report.pm(m, s) for m, s in zip(fidelity.accuracy_mean, fidelity.accuracy_std)])
+shown = wide.pivot_table(index=["dataset", "shots"], columns="method", values="value", aggfunc="first")
+shown = shown[[m for m in report.METHODS if m in shown.columns]].rename(columns=report.METHOD_LABELS)
+shown.insert(0, "teacher", [f"{teacher_acc[d]:.2f}" for d, _ in shown.index])
+shown["NetGraft, paper (quoted)"] = [report.pm(*PAPER_QUOTED[k]) if k in PAPER_QUOTED else "not reported"
+                                     for k in shown.index]
+display(shown)
+results = fidelity.copy()
+results["paper_netgraft_accuracy_mean"] = [PAPER_QUOTED.get((d, n), (np.nan, np.nan))[0] if m == "netgraft_paper"
+                                           else np.nan for d, n, m in zip(results.dataset, results.shots,
+                                                                          results.method)]
+results["below_teacher"] = results.teacher_accuracy - results.accuracy_mean
 results["profile"] = prof.name
 plots.save_table(results, "05_results", output_root)
 
-shown = pd.DataFrame({
-    "data set": results.dataset, "N": results.shots, "seeds": results.seeds,
-    "teacher (ours)": results.teacher_accuracy.map("{:.2f}".format),
-    **{f"{report.METHOD_LABELS[k]} (ours)": [report.pm(m, s) for m, s in
-                                            zip(results[f"{k}_accuracy_mean"], results[f"{k}_accuracy_std"])]
-       for k in report.METHODS},
-    "NetGraft, paper (quoted)": [report.pm(m, s) if np.isfinite(m) else "not reported" for m, s in
-                                 zip(results.paper_netgraft_accuracy_mean, results.paper_netgraft_accuracy_std)],
-})
-display(shown.style.hide(axis="index"))
-
 # %% tags=["hide-input"]
-fig, axes = plt.subplots(1, len(datasets), figsize=(plots.BOOK_WIDTH_IN, 3.6), squeeze=False)
+fig, axes = plt.subplots(1, len(datasets), figsize=(plots.BOOK_WIDTH_IN, 3.8), squeeze=False)
 for ax, ds in zip(axes[0], datasets):
     sub = df[df.dataset == ds].assign(method=lambda d: d["method"].map(report.METHOD_LABELS))
     sns.lineplot(data=sub, x="shots", y="test_accuracy", hue="method", hue_order=[report.METHOD_LABELS[k] for k in
@@ -99,26 +117,33 @@ for ax, ds in zip(axes[0], datasets):
     plots.teacher_line(ax, teacher_acc[ds], label="our teacher")
     ax.set(xlabel="images per class, N", ylabel="test accuracy (%)", title=f"{ds} (our teacher: {teacher_acc[ds]:.1f}%)",
            xticks=sorted(shots), ylim=(0, 100))
-plots.shared_legend(fig, axes[0], teacher_prefix="our teacher", bottom=0.13)
+plots.shared_legend(fig, axes[0], teacher_prefix="our teacher", bottom=0.2)
 plots.save_figure(fig, "05_results", output_root)
 plt.show()
+
+# %% [markdown]
+# ## Does the student reach its teacher?
+
+# %% tags=["hide-input"]
+acc = fidelity.set_index(["dataset", "method", "shots"])
+lines = []
+for ds in datasets:
+    for n in sorted(shots):
+        book, paper = acc.loc[(ds, "netgraft", n)], acc.loc[(ds, "netgraft_paper", n)]
+        best_base = max(report.BASELINES, key=lambda m: acc.loc[(ds, m, n)].accuracy_mean)
+        lines.append(
+            f"- {ds}, N={n}: book's recipe **{report.pm(book.accuracy_mean, book.accuracy_std)}%**, "
+            f"{teacher_acc[ds] - book.accuracy_mean:.2f} points under the teacher ({teacher_acc[ds]:.2f}%); paper's "
+            f"recipe {report.pm(paper.accuracy_mean, paper.accuracy_std)}% ({teacher_acc[ds] - paper.accuracy_mean:.2f} "
+            f"under); best baseline {report.METHOD_LABELS[best_base]} {acc.loc[(ds, best_base, n)].accuracy_mean:.2f}%.")
+display(Markdown("\n".join(lines)))
 
 # %% [markdown]
 # ## How far our setting is from the paper's
 
 # %% tags=["hide-input"]
 paper = PROFILES["paper"]
-net = df[df.method == "netgraft"]
 devices = sorted({m["device"] for m in runs})
-gaps = []
-for ds in datasets:
-    r = results[(results.dataset == ds) & results.paper_netgraft_accuracy_mean.notna()]
-    for _, row in r.iterrows():
-        gaps.append(f"{ds} N={row.shots}: {row.netgraft_accuracy_mean:.2f}% vs {row.paper_netgraft_accuracy_mean:.2f}%")
-best = results.loc[results.groupby("dataset")["shots"].idxmax()]
-ratio = "; ".join(f"{row.dataset} at N={row.shots}: {100 * row.netgraft_accuracy_mean / row.teacher_accuracy:.1f}% of our "
-                  f"teacher's accuracy (KD: {100 * row.kd_accuracy_mean / row.teacher_accuracy:.1f}%)"
-                  for _, row in best.iterrows())
 differs = []
 if prof.width != paper.width or prof.batch_norm != paper.batch_norm:
     differs.append(f"our teacher is a VGG16 at {prof.width:g}x the paper's width"
@@ -129,24 +154,60 @@ else:
     differs.append("our teacher has the paper's architecture, trained here to "
                    + " and ".join(f"{teacher_acc[d]:.2f}% on {d}" for d in datasets))
 for d in datasets:
-    ours, theirs = prof.graft_for(d), paper.graft_for(d)
+    ours, theirs = prof.graft_for(d, method="netgraft_paper"), paper.graft_for(d, method="netgraft_paper")
     if (ours.block_epochs, ours.net_epochs) != (theirs.block_epochs, theirs.net_epochs):
-        differs.append(f"on {d} grafting runs {'/'.join(map(str, ours.block_epochs))} block and "
+        differs.append(f"on {d} the paper's recipe runs {'/'.join(map(str, ours.block_epochs))} block and "
                        f"{'/'.join(map(str, ours.net_epochs))} net epochs instead of the paper's "
                        f"{'/'.join(map(str, theirs.block_epochs))} and {'/'.join(map(str, theirs.net_epochs))}")
-    lrs = lambda g: (g.block_lr[0], g.net_lr, g.lr_scale(1))  # noqa: E731
-    if lrs(ours) != lrs(theirs):
-        differs.append(f"on {d} the learning rates are {ours.block_lr[0]:g} (blocks) and {ours.net_lr:g} (net)"
-                       f"{'' if ours.lr_scale(1) != 1 else ', the same for every N'}, where the paper uses "
-                       f"{theirs.block_lr[0]:g} and {theirs.net_lr:g}{' scaled by N/10' if theirs.lr_scale(1) != 1 else ''}")
+    if (ours.block_lr[0], ours.lr_scale(1)) != (theirs.block_lr[0], theirs.lr_scale(1)):
+        differs.append(f"on {d} its block-stage learning rate is {ours.block_lr[0]:g} for every N where the paper uses "
+                       f"{theirs.block_lr[0]:g} x N/10 (at this budget the paper's rule leaves a thin random block 4 "
+                       "untrained; chosen on the validation pool)")
+    if (ours.net_lr, ours.net_adapter_lr) != (theirs.net_lr, theirs.net_adapter_lr):
+        differs.append(f"on {d} its net stage uses Adam at {ours.net_lr:g} (blocks) and {ours.net_adapter_lr:g} "
+                       f"(adapters) where the paper's code uses {theirs.net_lr:g} for both, for every N")
 if prof.test_limit:
     differs.append(f"accuracies are on the first {prof.test_limit} test images only")
 differs.append(f"everything ran on {', '.join(devices)}")
-differs.append(f"our means are over {df.seed.nunique()} few-shot seed(s)"
-               + (" (a single seed: no spread here; chapter 6 repeats the sweep over seeds)" if df.seed.nunique() == 1 else ""))
 display(Markdown(
-    ("Side by side, NetGraft: " + "; ".join(gaps) + ". " if gaps else "")
-    + "What differs from the paper: " + "; ".join(differs) + ". "
-    + "Because the teachers differ, the absolute accuracies are not comparable one to one, so we also read each "
-    f"student against its own teacher: {ratio}."
+    "What differs from the paper: " + "; ".join(differs) + ". Because the teachers differ, the absolute "
+    "accuracies are not comparable one to one; the distance to the own teacher is the fairer reading. The "
+    "book's recipe is not the paper's method: it is NetGraft's two stages with the student started from its "
+    "teacher and a richer loss (chapters 3 and 6 take it apart)."
 ))
+
+# %% [markdown]
+# ## How the recipes were chosen
+#
+# Every method got the same tuning budget on the validation pool: its recipe with all learning
+# rates scaled by 1/3, 1 or 3 and its length (epochs or steps) halved, kept or doubled, nine
+# configurations, each at 1 and 10 shots on CIFAR-10's first seed; the best mean validation accuracy
+# wins (or the shortest configuration within half a point of it, less than the validation pool's
+# standard error). The table below is the grid as it was run, around the recipes the profile held
+# then, with each point's learning rate and length in plain numbers; the profile now holds each
+# winner. CIFAR-100 and the other seeds reuse these choices. The grid is `nbgraft.tuning`;
+# `python -m nbgraft tune` reruns it around the current recipes (its runs are cached like all others),
+# as does `tune=True` here.
+
+# %% tags=["hide-input"]
+from pathlib import Path  # noqa: E402
+
+from nbgraft import tuning  # noqa: E402
+
+tuning_csv = Path(output_root) / "tables" / "tuning.csv"
+if tune:
+    grid = tuning.run_tuning(dataset="cifar10", profile=prof, **kw)
+elif tuning_csv.is_file():
+    grid = tuning.choices(pd.read_csv(tuning_csv))
+else:
+    grid = None
+if grid is None or prof.name != "cpu" and not tune:
+    display(Markdown("No tuning table for this profile here: run `python -m nbgraft tune` (or this chapter with "
+                     "`tune=True`)."))
+else:
+    best = grid[grid.chosen].drop_duplicates("method").set_index("method")
+    summary_grid = (grid.groupby(["method", "lr_scale", "length"])["val_accuracy_mean_over_n"].first().unstack("length"))
+    display(summary_grid.round(2))
+    display(Markdown("Chosen on the validation pool (mean over N = 1 and 10): " + "; ".join(
+        f"{report.METHOD_LABELS[m]}: learning rates x{r.lr_scale:g} (main rate {r.lr_value:.3g}), length x{r.length:g} "
+        f"({r.length_value}), {r.val_accuracy_mean_over_n:.2f}%" for m, r in best.iterrows()) + "."))

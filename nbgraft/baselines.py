@@ -1,6 +1,10 @@
-"""The two baselines NetGraft must beat on the same N-shot draw, both from a randomly initialised student:
-`scratch` learns from the N-shot labels, `kd` (Hinton et al.) from the teacher's logits on the
-N-shot images, no labels."""
+"""The students NetGraft must beat on the same N-shot draw, with the same augmentation.
+
+`scratch` learns from the N-shot labels, `kd` (Hinton et al.) from the teacher's logits on the N-shot
+images (no labels); both start from random weights. Their `_inherited` versions keep the teacher's
+blocks before the first thin one, frozen, exactly as the NetGraft student does, and train only the
+rest: they separate what grafting brings from what inheriting trained blocks brings.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +15,12 @@ import torch.nn.functional as F
 
 from . import data as D
 from .device import autocast
-from .models import BlockVGG, VGGSpec
+from .graft import TeacherCache, augmented_views, mix, pooled
+from .models import BlockNet, student_net
 from .profiles import BaselineSchedule
 from .training import generator, progress, sgd_with_cosine
 
-KINDS = ("scratch", "kd")
+KINDS = ("scratch", "kd", "scratch_inherited", "kd_inherited")
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -23,34 +28,60 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     return F.kl_div(F.log_softmax(student_logits / t, 1), F.softmax(teacher_logits / t, 1), reduction="batchmean") * t * t
 
 
-def train_baseline(kind: str, spec: VGGSpec, x: torch.Tensor, y: torch.Tensor | None, sched: BaselineSchedule,
-                   teacher: BlockVGG | None = None, seed: int = 0) -> tuple[BlockVGG, dict]:
-    """Train a fresh student for `sched.steps` SGD steps; returns it (eval mode) and its loss curve."""
+def check_kind(kind: str) -> str:
     if kind not in KINDS:
-        raise ValueError(f"unknown baseline {kind!r}; use one of {KINDS}")
-    if kind == "kd" and teacher is None:
-        raise ValueError("the kd baseline needs the teacher")
+        raise ValueError(f"unknown baseline {kind!r}; use one of {', '.join(KINDS)}")
+    return kind
+
+
+def train_baseline(kind: str, teacher: BlockNet, student_spec, x: torch.Tensor, y: torch.Tensor,
+                   sched: BaselineSchedule, seed: int = 0) -> tuple[BlockNet, dict]:
+    """Train a fresh student for `sched.steps` SGD steps; returns it (eval mode) and its loss curve.
+
+    Images come as NetGraft sees them: fresh augmentations, or (sched.views > 0) a fixed pool of views
+    drawn by the same seed. An inherited student reads the teacher's cached activations where its own
+    blocks start, so its frozen blocks never run in training."""
+    check_kind(kind)
+    inherited, labels = kind.endswith("_inherited"), kind.startswith("scratch")
     torch.manual_seed(seed)
-    model = BlockVGG(spec).to(x.device)
+    model, first = student_net(teacher, student_spec, inherit_prefix=inherited)
+    model = model.to(x.device)
     opt, lr_sched = sgd_with_cosine(model, sched.lr, sched.momentum, sched.weight_decay, sched.steps,
                                     max(1, sched.steps // 20))
+    k = pooled(sched)
+    pool = None if k in (0, 1) else augmented_views(x, k, seed)
+    bounds = [first] if inherited else []
+    cache = None
+    if inherited or not labels:
+        cache = TeacherCache(teacher, [(x, seed)], bounds, sched)
     bs = min(sched.batch_size, len(x))
     gen = generator(seed, x.device)
     losses, step, t0 = [], 0, time.perf_counter()
     bar = progress(total=sched.steps, desc=f"baseline {kind}")
     model.train()
+    for m in model.blocks[:first] if inherited else ():
+        m.eval()
     while step < sched.steps:
         for b in D.batches(len(x), bs, gen, drop_last=True):
             b = b.to(x.device)
-            xb = D.augment(x[b], gen) if sched.augment else x[b]
+            perm = lam = None
+            if k == 0:
+                xb, idx = D.augment(x[b], gen), b
+                if sched.mixup:
+                    xb, perm, lam = mix(xb, gen)
+            else:
+                idx = b if k == 1 else b * k + torch.randint(k, (len(b),), generator=gen, device=gen.device).to(b.device)
+                xb = x[b] if k == 1 else pool[idx]
+            acts = cache.get(idx, xb) if cache is not None else {}
             with autocast(x.device):
-                out = model(xb).float()
-                if kind == "scratch":
+                out = (model.run(acts[first], first, len(model)) if inherited else model(xb)).float()
+                if not labels:
+                    loss = kd_loss(out, acts["logits"], sched.temperature)
+                elif perm is None:
                     loss = F.cross_entropy(out, y[b])
-                else:
-                    with torch.no_grad():
-                        target = teacher(xb).float()
-                    loss = kd_loss(out, target, sched.temperature)
+                else:  # mixup on labels: each blend's two classes, weighted as the images
+                    loss = (lam * F.cross_entropy(out, y[b], reduction="none")
+                            + (1 - lam) * F.cross_entropy(out, y[b][perm], reduction="none")).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -62,5 +93,6 @@ def train_baseline(kind: str, spec: VGGSpec, x: torch.Tensor, y: torch.Tensor | 
                 break
     bar.close()
     every = max(1, len(losses) // 100)
-    curve = [sum(losses[i : i + every]) / len(losses[i : i + every]) for i in range(0, len(losses), every)]
-    return model.eval(), {"loss_curve": curve, "loss_every_steps": every, "wall_s": time.perf_counter() - t0}
+    curve = [sum(losses[i: i + every]) / len(losses[i: i + every]) for i in range(0, len(losses), every)]
+    return model.eval(), {"loss_curve": curve, "loss_every_steps": every, "wall_s": time.perf_counter() - t0,
+                          "first_trained_block": first if inherited else 0}

@@ -39,6 +39,10 @@ class ChapterFailed(RuntimeError):
     """A chapter raised; the message names it and the executed notebook holding the traceback."""
 
 
+class BuildFailed(RuntimeError):
+    """The HTML build failed; the message holds its warnings."""
+
+
 def find_chapters(book_dir: Path = BOOK_DIR) -> list[Path]:
     """The chapter sources, book/[0-9][0-9]_*.py, in order."""
     return sorted(Path(book_dir).glob("[0-9][0-9]_*.py"))
@@ -112,8 +116,8 @@ def check_kernel() -> None:
     try:
         KernelSpecManager().get_kernel_spec(KERNEL)
     except NoSuchKernel:
-        raise RuntimeError(f"no Jupyter kernel named {KERNEL!r}: run `pip install -e '.[book]'` and "
-                           f"`{sys.executable} -m ipykernel install --sys-prefix`") from None
+        raise BuildFailed(f"no Jupyter kernel named {KERNEL!r}: run `pip install -e '.[book]'` and "
+                          f"`{sys.executable} -m ipykernel install --sys-prefix`") from None
 
 
 def execute_chapter(path: Path, notebook: Path, parameters: dict, cwd: Path = BOOK_DIR,
@@ -142,6 +146,9 @@ def execute_chapter(path: Path, notebook: Path, parameters: dict, cwd: Path = BO
         partial.unlink(missing_ok=True)
         raise ChapterFailed(f"chapter {path.stem} failed in cell {err.exec_count} with {err.ename}: {err.evalue}\n"
                             f"the executed notebook with the traceback is {failed}") from None
+    except BaseException:  # Ctrl-C, a dead kernel: leave no hidden half-written notebook behind
+        partial.unlink(missing_ok=True)
+        raise
     finally:
         wall = time.perf_counter() - t0
     _finish_notebook(nb, path, notebook)
@@ -270,7 +277,9 @@ def build_html(notebooks_dir, build_root, warnings_as_errors: bool = True) -> Pa
         nbformat.write(nb, stage / f"{f}.ipynb")
     if have != wanted:
         print(f"not in this build (never executed): {', '.join(sorted(set(wanted) - set(have)))}")
-        toc = {"format": toc.get("format", "jb-book"), "root": have[0], "chapters": [{"file": f} for f in have[1:]]}
+        toc = {"format": toc.get("format", "jb-book"), "root": have[0]}
+        if len(have) > 1:  # jupyter-book rejects an empty chapter list
+            toc["chapters"] = [{"file": f} for f in have[1:]]
     config["exclude_patterns"] = ["_build", ".*", "**.ipynb_checkpoints"]
     config.setdefault("execute", {})["execute_notebooks"] = "off"
     (config.get("sphinx", {}).get("config") or {}).pop("nb_custom_formats", None)
@@ -286,7 +295,7 @@ def build_html(notebooks_dir, build_root, warnings_as_errors: bool = True) -> Pa
     if proc.returncode != 0 or not (html / "index.html").is_file():
         log = (proc.stdout + proc.stderr).strip().splitlines()
         warnings = [line for line in log if "WARNING" in line or "ERROR" in line]
-        raise RuntimeError("the Jupyter Book build failed (" + " ".join(cmd[3:]) + "):\n"
-                           + "\n".join(warnings[:20] or log[-30:]))
+        raise BuildFailed("the Jupyter Book build failed (" + " ".join(cmd[3:]) + "):\n"
+                          + "\n".join(warnings[:20] or log[-30:]))
     print(f"built the HTML book in {time.perf_counter() - t0:.0f} s")
     return html / "index.html"

@@ -2,20 +2,35 @@
 
 A finished entry holds `config.json`, `metrics.json` and its checkpoints; `metrics.json` is written
 last, so its presence means "done". An unfinished entry may hold `resume.pt` to continue from.
+Files are written atomically and readable by others (a cache can be shared). An entry damaged from
+outside (a truncated copy, a full disk) is moved aside, kept, with a warning, and computed again.
+Two processes asking for the same entry take turns: the second waits for the first, then reads it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import io
 import json
 import os
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+
+class DamagedEntry(RuntimeError):
+    """A cache file exists but cannot be read back."""
+
+
+class CacheLocked(RuntimeError):
+    """Another process holds an entry for longer than we are willing to wait."""
 
 
 def default_output_root() -> Path:
@@ -39,10 +54,20 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    if path.parent.exists() and not path.parent.is_dir():
+        raise NotADirectoryError(f"cannot write {path}: {path.parent} is a file, not a folder (check --output-root)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a shared cache must be readable
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -63,10 +88,20 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def warn(message: str) -> None:
+    print(f"nbgraft: warning: {message}", file=sys.stderr, flush=True)
+
+
+# Keys every finished entry of these kinds holds: an entry without them was not written by nbgraft.
+REQUIRED_METRICS = {kind: ("test_accuracy", "wall_s") for kind in
+                    ("teacher", "netgraft", "kd", "scratch", "kd_inherited", "scratch_inherited")}
+
+
 class Entry:
     """One cached experiment."""
 
     def __init__(self, root: Path | str | None, kind: str, config: dict):
+        self.kind = kind
         self.config = _plain(config)
         self.key = config_hash(self.config)
         self.dir = Path(root if root is not None else default_output_root()) / "cache" / kind / self.key
@@ -76,16 +111,47 @@ class Entry:
 
     @property
     def done(self) -> bool:
-        return self.path("metrics.json").is_file()
+        """Finished and readable. A metrics file that cannot be read moves the entry aside (see quarantine)."""
+        if not self.path("metrics.json").is_file():
+            return False
+        try:
+            self.metrics()
+        except DamagedEntry as err:
+            self.quarantine(str(err))
+            return False
+        return True
 
     def metrics(self) -> dict:
-        return json.loads(self.path("metrics.json").read_text())
+        path = self.path("metrics.json")
+        try:
+            out = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise DamagedEntry(f"{path} cannot be read ({type(err).__name__}: {err})") from None
+        if not isinstance(out, dict) or not out:
+            raise DamagedEntry(f"{path} holds no metrics")
+        missing = [k for k in REQUIRED_METRICS.get(self.kind, ()) if k not in out]
+        if missing:
+            raise DamagedEntry(f"{path} lacks {missing}")
+        return out
 
     def save_tensors(self, name: str, obj: Any) -> None:
         atomic_torch_save(self.path(name), obj)
 
     def load_tensors(self, name: str, map_location: Any = "cpu") -> Any:
-        return torch.load(self.path(name), map_location=map_location, weights_only=False)
+        path = self.path(name)
+        try:
+            return torch.load(path, map_location=map_location, weights_only=False)
+        except Exception as err:  # truncated zip, unpickling garbage, missing file: all mean "damaged"
+            raise DamagedEntry(f"{path} cannot be read ({type(err).__name__}: {str(err)[:200]})") from None
+
+    def quarantine(self, why: str) -> Path:
+        """Move the whole entry aside (kept for inspection, never deleted) so it is computed again."""
+        k = 0
+        while (dest := self.dir.with_name(f"{self.key}.damaged-{k}")).exists():
+            k += 1
+        os.replace(self.dir, dest)
+        warn(f"{why}; moved the entry to {dest} and computing it again")
+        return dest
 
     def start(self) -> None:
         if not self.path("config.json").is_file():
@@ -96,3 +162,28 @@ class Entry:
         atomic_write_json(self.path("metrics.json"), metrics)
         self.path("resume.pt").unlink(missing_ok=True)
         return self.metrics()
+
+    @contextlib.contextmanager
+    def lock(self, timeout_s: float | None = None):
+        """Hold this entry while computing it: another process asking for it waits here, then finds it done."""
+        path = self.dir.with_name(f".{self.key}.lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                warn(f"another process is computing {self.dir}; waiting for it")
+                t0 = time.monotonic()
+                while True:
+                    try:
+                        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if timeout_s is not None and time.monotonic() - t0 > timeout_s:
+                            raise CacheLocked(f"{self.dir} is still being computed by another process after "
+                                              f"{timeout_s:.0f} s") from None
+                        time.sleep(0.5)
+            try:
+                yield self
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)

@@ -1,4 +1,8 @@
-"""`python -m nbgraft ...` (or `nbgraft ...`): the book's experiments without opening a notebook."""
+"""`python -m nbgraft ...` (or `nbgraft ...`): the book's experiments without opening a notebook.
+
+Every expected failure (bad option, missing data, a chapter that failed, ...) prints one line,
+`nbgraft: error: ...`, and exits with 2; Ctrl-C exits with 130 and says what was kept.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,36 @@ import json
 import sys
 import time
 
+from . import __version__
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a seed is a whole number, got {text!r}") from None
+    if not 0 <= value < 2**31:
+        raise argparse.ArgumentTypeError(f"a seed is a whole number in [0, 2^31), got {value}")
+    return value
+
+
+def _shots(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"N is a whole number of images per class, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"N must be at least 1 image per class, got {value}")
+    return value
+
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", default="cpu", help="cpu (default, 2-core machines), paper (GPU) or tiny (smoke)")
+    p.add_argument("--profile", default="cpu", help="cpu (2-core machines), paper (GPU) or tiny (smoke)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), or a torch device string")
-    p.add_argument("--data-root", default=None, help="folder with <name>.npz or a torchvision root (default: ./data)")
-    p.add_argument("--output-root", default=None, help="where the cache, figures and tables go (default: ./outputs)")
+    p.add_argument("--data-root", default=None,
+                   help="folder with <name>.npz or a torchvision root (default: $NBGRAFT_DATA or <repo>/data)")
+    p.add_argument("--output-root", default=None,
+                   help="where the cache, figures and tables go (default: $NBGRAFT_OUTPUTS or <repo>/outputs)")
 
 
 def _kw(args) -> dict:
@@ -23,30 +51,33 @@ def cmd_teacher(args) -> int:
     from .teacher import get_teacher
 
     for ds in args.dataset:
-        _, m = get_teacher(ds, args.profile, **_kw(args))
-        print(f"{ds} teacher ({args.profile}): test accuracy {m['test_accuracy']:.2f}%, "
-              f"trained in {m['wall_s'] / 60:.1f} min on {m['device']}")
+        _, m = get_teacher(ds, args.profile, teacher=args.teacher, **_kw(args))
+        how = f"trained in {m['wall_s'] / 60:.1f} min" if m["train_images"] else "published weights"
+        print(f"{args.teacher} teacher on {ds} ({args.profile}): test accuracy {m['test_accuracy']:.2f}%, "
+              f"{how} on {m['device']}")
     return 0
 
 
 def cmd_graft(args) -> int:
-    from .experiments import run_baseline, run_netgraft
+    from .experiments import run_method
+    from .profiles import BASELINE_METHODS
 
-    methods = ["netgraft"] + (["scratch", "kd"] if args.baselines else [])
+    methods = list(dict.fromkeys([*args.method, *(BASELINE_METHODS if args.baselines else ())]))
     rows = []
     for ds in args.dataset:
         for n in args.shots:
             for seed in args.seeds:
                 for method in methods:
                     t0 = time.perf_counter()
-                    if method == "netgraft":
-                        m = run_netgraft(ds, n, seed, args.profile, **_kw(args))
-                    else:
-                        m = run_baseline(method, ds, n, seed, args.profile, **_kw(args))
+                    m = run_method(method, ds, n, seed, args.profile, teacher=args.teacher, **_kw(args))
+                    took = time.perf_counter() - t0
                     rows.append(m)
-                    print(f"{ds} N={n} seed={seed} {method:8s} test {m['test_accuracy']:6.2f}%  "
-                          f"agreement {m['test_agreement']:6.2f}%  run {m['wall_s']:.0f}s "
-                          f"(this call {time.perf_counter() - t0:.1f}s)")
+                    print(f"{args.teacher} {ds} N={n} seed={seed} {method:17s} test {m['test_accuracy']:6.2f}%  "
+                          f"agreement {m['test_agreement']:6.2f}%  trained in {m['wall_s']:.0f}s  "
+                          f"({'from the cache' if took < 0.5 * m['wall_s'] else 'now'}: {m.get('cache_key', '')})")
+    from .cache import default_output_root
+
+    print(f"results are cached under {args.output_root or default_output_root()}/cache/<method>/<key>/")
     if args.json:
         print(json.dumps(rows, indent=1, default=str))
     return 0
@@ -56,15 +87,16 @@ def cmd_table(args) -> int:
     import pandas as pd
 
     from .experiments import results_frame
-    from .profiles import PROFILES
+    from .profiles import PROFILES, TEACHERS
 
-    # Only runs on each profile's own schedules: ablation variants and runs of older schedules stay out.
-    frames = [results_frame(args.output_root, profile=p) for p in ([args.profile] if args.profile else PROFILES)]
+    # Only runs on each profile's own recipes: ablation variants and runs of older schedules stay out.
+    frames = [results_frame(args.output_root, profile=p, teacher=t)
+              for p in ([args.profile] if args.profile else PROFILES) for t in TEACHERS]
     df = pd.concat([f for f in frames if not f.empty] or frames[:1])
     if df.empty:
         print("no finished runs in the cache yet; run `python -m nbgraft graft ...` first")
         return 1
-    summary = (df.groupby(["dataset", "profile", "method", "shots"])
+    summary = (df.groupby(["teacher_name", "dataset", "profile", "method", "shots"])
                  .agg(accuracy_mean=("test_accuracy", "mean"), accuracy_std=("test_accuracy", "std"),
                       agreement_mean=("test_agreement", "mean"), seeds=("seed", "nunique"),
                       teacher=("teacher_test_accuracy", "first"), wall_s_mean=("wall_s", "mean"))
@@ -74,9 +106,24 @@ def cmd_table(args) -> int:
 
 
 def cmd_sweep(args) -> int:
+    from .cache import default_output_root
     from .sweep import run_sweep
 
-    run_sweep(args.grid, profile=args.profile, **_kw(args))
+    table = run_sweep(args.grid, profile=args.profile, table_name=args.table, **_kw(args))
+    print(f"{len(table)} runs; table: {args.output_root or default_output_root()}/tables/{args.table}.csv")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from .cache import default_output_root
+    from .tuning import run_tuning
+
+    table = run_tuning(args.methods, args.dataset, args.profile, teacher=args.teacher, **_kw(args))
+    chosen = table[table.chosen].drop_duplicates("method")
+    for r in chosen.itertuples():
+        print(f"{r.method:17s} best on the validation pool: learning rates x{r.lr_scale:g}, length x{r.length:g} "
+              f"({r.val_accuracy_mean_over_n:.2f}% mean over N)")
+    print(f"table: {args.output_root or default_output_root()}/tables/tuning.csv")
     return 0
 
 
@@ -88,34 +135,59 @@ def cmd_book(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="nbgraft", description=__doc__)
+    from .profiles import GRAFT_METHODS, METHODS, TEACHERS
+
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    ap = argparse.ArgumentParser(prog="nbgraft", description=__doc__, formatter_class=fmt)
+    ap.add_argument("--version", action="version", version=f"nbgraft {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("teacher", help="train (or load from the cache) the VGG16 teacher")
+    def teacher_option(p):
+        p.add_argument("--teacher", default="vgg16", choices=sorted(TEACHERS),
+                       help="vgg16: the profile's VGG16, trained here; resnet56: the published CIFAR-10 ResNet-56")
+
+    p = sub.add_parser("teacher", help="train (or load from the cache) the teacher", formatter_class=fmt)
     p.add_argument("--dataset", nargs="+", default=["cifar10"], help="cifar10 and/or cifar100")
+    teacher_option(p)
     _common(p)
     p.set_defaults(func=cmd_teacher)
 
-    p = sub.add_parser("graft", help="NetGraft (and optionally both baselines) for data sets x shots x seeds")
+    p = sub.add_parser("graft", help="NetGraft (and optionally the baselines) for data sets x shots x seeds",
+                       formatter_class=fmt)
     p.add_argument("--dataset", nargs="+", default=["cifar10"])
-    p.add_argument("--shots", nargs="+", type=int, default=[10], help="images per class, N")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="few-shot draws")
-    p.add_argument("--baselines", action="store_true", help="also train the scratch and KD students")
+    p.add_argument("--shots", nargs="+", type=_shots, default=[10], help="images per class, N")
+    p.add_argument("--seeds", nargs="+", type=_seed, default=[0], help="few-shot draws")
+    p.add_argument("--method", nargs="+", default=["netgraft"], choices=GRAFT_METHODS,
+                   help="netgraft: the book's recipe; netgraft_paper: the paper's")
+    p.add_argument("--baselines", action="store_true",
+                   help="also train the four baselines (KD and labels, from random or keeping the teacher's blocks)")
     p.add_argument("--json", action="store_true", help="print every run's full metrics as JSON")
+    teacher_option(p)
     _common(p)
     p.set_defaults(func=cmd_graft)
 
-    p = sub.add_parser("table", help="print mean/std over seeds of every finished run in the cache")
-    p.add_argument("--profile", default=None, help="only this profile (each profile's runs on its own schedules)")
-    p.add_argument("--output-root", default=None)
+    p = sub.add_parser("table", help="print mean/std over seeds of every finished run in the cache",
+                       formatter_class=fmt)
+    p.add_argument("--profile", default=None, help="only this profile (each profile's runs on its own recipes)")
+    p.add_argument("--output-root", default=None, help="default: $NBGRAFT_OUTPUTS or <repo>/outputs")
     p.set_defaults(func=cmd_table)
 
-    p = sub.add_parser("sweep", help="the ablations chapter's grid, resumable, into outputs/tables")
+    p = sub.add_parser("sweep", help="the ablations chapter's grid, resumable, into outputs/tables",
+                       formatter_class=fmt)
     p.add_argument("--grid", default="default", help="'default' (fits the profile) or 'full' (the paper's grid)")
+    p.add_argument("--table", default="06_sweep", help="name of the table written under <output-root>/tables")
     _common(p)
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("book", help="run every chapter with papermill, then build the HTML book")
+    p = sub.add_parser("tune", help="the same learning-rate x length grid for every method, on the validation pool",
+                       formatter_class=fmt)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--dataset", default="cifar10")
+    teacher_option(p)
+    _common(p)
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("book", help="run every chapter with papermill, then build the HTML book", formatter_class=fmt)
     p.add_argument("--chapters", nargs="*", help="chapter numbers or names to run (default: all)")
     p.add_argument("--no-build", action="store_true", help="execute notebooks only, skip the HTML build")
     _common(p)
@@ -125,8 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .book import BuildFailed, ChapterFailed
+    from .cache import CacheLocked, DamagedEntry
+
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"nbgraft: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("nbgraft: interrupted; every finished run is in the cache, a teacher resumes from its last epoch, "
+              "and re-running the same command continues where it stopped", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ChapterFailed,
+            BuildFailed, CacheLocked, DamagedEntry) as err:
+        msg = str(err).strip().splitlines()
+        print(f"nbgraft: error: {' '.join(msg) if len(msg) < 4 else msg[0] + ' ' + msg[-1]}", file=sys.stderr)
         return 2

@@ -6,6 +6,8 @@ augmented there: no DataLoader, no workers.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +31,8 @@ def default_data_root() -> Path:
 
 @dataclass
 class ImageData:
-    """uint8 NHWC images and int64 labels of one data set; `source` says where they came from."""
+    """uint8 NHWC images and int64 labels of one data set; `source` says where they came from and
+    `fingerprint` (a hash of the arrays) is part of every cache key built on them."""
 
     name: str
     x_train: np.ndarray
@@ -37,6 +40,7 @@ class ImageData:
     x_test: np.ndarray
     y_test: np.ndarray
     source: str
+    fingerprint: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -59,31 +63,116 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, download: boo
     root = Path(root) if root is not None else default_data_root()
     key = (name, str(root.resolve()))
     if key not in _LOADED:
-        _LOADED[key] = _load_uncached(name, root, download)
+        data = _load_uncached(name, root, download)
+        npz = root / f"{name}.npz"
+        if data.source.startswith("npz") and _npz_fingerprint(npz) != data.fingerprint:
+            remember_fingerprint(npz, data.fingerprint)
+        _LOADED[key] = data
     return _LOADED[key]
 
 
 def _load_uncached(name: str, root: Path, download: bool) -> ImageData:
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"the data root {root} is a file; give the folder holding {name}.npz "
+                                 "(--data-root, data_root=... or NBGRAFT_DATA)")
     npz = root / f"{name}.npz"
     if npz.is_file():
-        with np.load(npz) as f:
-            return ImageData(name, f["x_train"], f["y_train"].astype(np.int64), f["x_test"], f["y_test"].astype(np.int64),
-                             source=f"npz arrays {npz}")
+        return validate(_read_npz(name, npz), npz, _npz_fingerprint(npz))
     tried = [f"{npz} (no such file)"]
     if (root / _TV_FOLDER[name]).is_dir():
-        return _from_torchvision(name, root, download=False, source=f"torchvision root {root}")
+        return validate(_from_torchvision(name, root, download=False, source=f"torchvision root {root}"), root)
     tried.append(f"a torchvision root {root / _TV_FOLDER[name]} (no such folder)")
     if download:
         try:
-            return _from_torchvision(name, root, download=True, source=f"torchvision download into {root}")
+            data = _from_torchvision(name, root, download=True, source=f"torchvision download into {root}")
         except Exception as err:  # no network, proxy, disk: all end in the one message below
             tried.append(f"torchvision's download into {root} ({type(err).__name__}: {err})")
+        else:
+            return validate(data, root)
     raise FileNotFoundError(
         f"could not find {name}. Tried: " + "; ".join(tried) + ". Either run "
         f"`python ../shared/data/unpack.py {root}` where the offline packs exist, put torchvision's "
         f"'{_TV_FOLDER[name]}' folder under {root}, or connect to the internet; pass another folder with "
         "data_root=... or the NBGRAFT_DATA environment variable."
     )
+
+
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def _rebuild_hint(where: Path) -> str:
+    return (f"rebuild it (`python ../shared/data/unpack.py {where.parent if where.suffix else where}` writes uint8 "
+            "arrays x_* of shape (N, 32, 32, 3) and int64 labels y_*) or remove it to use torchvision's copy")
+
+
+def _read_npz(name: str, npz: Path) -> ImageData:
+    try:
+        with np.load(npz, allow_pickle=False) as f:
+            files = sorted(f.files)
+            arrays = {k: f[k] for k in NPZ_KEYS if k in f.files}
+    except Exception as err:  # truncated or not a zip at all: BadZipFile, EOFError, OSError, "pickled data"
+        raise ValueError(f"{npz} cannot be read as .npz arrays ({type(err).__name__}: {err}); "
+                         f"{_rebuild_hint(npz)}") from None
+    missing = [k for k in NPZ_KEYS if k not in arrays]
+    if missing:
+        raise ValueError(f"{npz} lacks the arrays {missing} (it has {files}); {_rebuild_hint(npz)}")
+    return ImageData(name, arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
+                     source=f"npz arrays {npz}")
+
+
+def validate(data: ImageData, where: Path, fingerprint: str | None = None) -> ImageData:
+    """Refuse arrays that would train silently into garbage: wrong dtype or layout, lengths that disagree,
+    labels out of range. Returns the data with int64 labels and its fingerprint."""
+    for split in ("train", "test"):
+        x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+        problem = None
+        if x.dtype != np.uint8:
+            problem = f"x_{split} has dtype {x.dtype}, expected uint8 pixels in 0..255"
+        elif x.ndim != 4 or x.shape[1:] != (32, 32, 3):
+            problem = f"x_{split} has shape {x.shape}, expected (N, 32, 32, 3) (images as rows, channels last)"
+        elif y.ndim != 1 or len(y) != len(x):
+            problem = f"y_{split} has shape {y.shape} for {len(x)} images"
+        elif not np.issubdtype(y.dtype, np.integer):
+            problem = f"y_{split} has dtype {y.dtype}, expected integer class labels"
+        elif len(y) and (y.min() < 0 or y.max() >= data.num_classes):
+            problem = f"y_{split} holds labels {y.min()}..{y.max()}, expected 0..{data.num_classes - 1}"
+        elif len(x) == 0:
+            problem = f"x_{split} is empty"
+        if problem:
+            raise ValueError(f"{data.source}: {problem}; {_rebuild_hint(Path(where))}")
+    data.y_train, data.y_test = data.y_train.astype(np.int64), data.y_test.astype(np.int64)
+    data.fingerprint = fingerprint or array_fingerprint(data)
+    return data
+
+
+def array_fingerprint(data: ImageData) -> str:
+    h = hashlib.sha256()
+    for a in (data.x_train, data.y_train, data.x_test, data.y_test):
+        h.update(str(a.shape).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _npz_fingerprint(npz: Path) -> str | None:
+    """The arrays' hash, remembered beside the file (keyed by its size and mtime) so it is computed once."""
+    st = npz.stat()
+    side = npz.with_name(f".{npz.name}.fingerprint.json")
+    try:
+        saved = json.loads(side.read_text())
+        if saved.get("size") == st.st_size and saved.get("mtime_ns") == st.st_mtime_ns:
+            return saved["sha256"]
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass
+    return None  # validate() computes it; remember_fingerprint() stores it
+
+
+def remember_fingerprint(npz: Path, fingerprint: str) -> None:
+    st = npz.stat()
+    try:
+        npz.with_name(f".{npz.name}.fingerprint.json").write_text(
+            json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": fingerprint}))
+    except OSError:
+        pass  # a read-only data folder: the hash is recomputed next time
 
 
 def _from_torchvision(name: str, root: Path, download: bool, source: str) -> ImageData:
@@ -154,11 +243,12 @@ def test_arrays(data: ImageData, limit: int | None = None) -> tuple[np.ndarray, 
 
 
 # --------------------------------------------------------------------------- tensors
-def to_tensor(x: np.ndarray, name: str, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 NHWC -> normalised float32 NCHW on `device`."""
+def to_tensor(x: np.ndarray, name: str, device: torch.device | str = "cpu", mean=None, std=None) -> torch.Tensor:
+    """uint8 NHWC -> normalised float32 NCHW on `device`: by the data set's channel statistics, or by the
+    `mean`/`std` a network expects (a published teacher's, say)."""
     t = torch.from_numpy(np.ascontiguousarray(x)).to(device).permute(0, 3, 1, 2).float().div_(255)
-    mean = torch.tensor(MEAN[name], device=t.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD[name], device=t.device).view(1, 3, 1, 1)
+    mean = torch.tensor(MEAN[name] if mean is None else mean, device=t.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD[name] if std is None else std, device=t.device).view(1, 3, 1, 1)
     return ((t - mean) / std).contiguous()
 
 

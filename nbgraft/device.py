@@ -11,9 +11,14 @@ import torch
 def pick_device(requested: str | None = None) -> torch.device:
     """`requested` may be None/"auto" (best available) or an explicit torch device string."""
     if requested not in (None, "", "auto"):
-        dev = torch.device(requested)
+        try:
+            dev = torch.device(requested)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"unknown device {requested!r}; use 'auto', 'cpu', 'cuda', 'cuda:1' or 'mps'") from None
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {requested!r} asked for, but no CUDA GPU is visible; use device='auto' or 'cpu'")
+        if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ValueError(f"device {requested!r} asked for, but this machine has no MPS; use 'auto' or 'cpu'")
         return dev
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -38,3 +43,20 @@ def autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def machine(device: torch.device | str) -> dict:
+    """Where a run ran, stored next to its wall time: CPU model, torch build, threads, device (and GPU name)."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    dev = torch.device(device)
+    out = {"cpu": cpu, "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(dev)}
+    if dev.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(dev)
+    return out

@@ -89,3 +89,18 @@ def cpu_latency_ms(model: nn.Module, batch_size: int = 1, repeats: int = 30) -> 
         times.append(time.perf_counter() - t0)
     times.sort()
     return times[len(times) // 2] * 1000
+
+
+def compression_table(models: dict, repeats_128: int = 10):
+    """One row per named model: parameters (M), MACs (M), median CPU latency (ms) for one image and a batch
+    of 128, and parameters and MACs relative to the first model (the teacher)."""
+    import pandas as pd
+
+    rows = [{"model": name, "params_M": count_params(m) / 1e6, "MMACs": count_flops(m) / 1e6,
+             "cpu_latency_ms_batch1": cpu_latency_ms(m, batch_size=1),
+             "cpu_latency_ms_batch128": cpu_latency_ms(m, batch_size=128, repeats=repeats_128)}
+            for name, m in models.items()]
+    out = pd.DataFrame(rows)
+    out["relative_params"] = out["params_M"] / out["params_M"].iloc[0]
+    out["relative_MMACs"] = out["MMACs"] / out["MMACs"].iloc[0]
+    return out

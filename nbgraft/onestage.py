@@ -34,7 +34,8 @@ from . import data as D
 from .cache import Entry, default_output_root
 from .device import pick_device
 from .evaluate import report
-from .models import BlockVGG, student_spec
+from .models import BlockNet, build
+from .models.vgg import student_spec
 from .profiles import get_profile
 from .teacher import get_teacher, teacher_config, teacher_test_predictions
 from .training import progress
@@ -288,7 +289,7 @@ def gradient_gap(game, batch: dict) -> dict:
 
 # --------------------------------------------------------------------------- quality score
 @torch.no_grad()
-def penultimate_features(teacher: BlockVGG, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+def penultimate_features(teacher: BlockNet, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """The teacher's classifier hidden layer (after its BatchNorm1d, before the last Linear), eval mode."""
     was_training = teacher.training
     teacher.eval()
@@ -451,10 +452,10 @@ def _build_gan(sched: GanSchedule, seed: int, device: torch.device) -> _Gan:
                 torch.optim.Adam(gen.parameters(), sched.lr, betas=betas))
 
 
-def _build_datafree(sched: DatafreeSchedule, teacher: BlockVGG, seed: int, device: torch.device) -> _Gan:
+def _build_datafree(sched: DatafreeSchedule, teacher: BlockNet, seed: int, device: torch.device) -> _Gan:
     torch.manual_seed(seed)
     gen = Generator(sched.z_dim, sched.width).to(device)
-    student = BlockVGG(student_spec(teacher.spec)).to(device).train()
+    student = build(student_spec(teacher.spec, batch_norm=teacher.spec.batch_norm)).to(device).train()
     opt_s = torch.optim.SGD(student.parameters(), sched.lr_student, momentum=sched.momentum,
                             weight_decay=sched.weight_decay)
     return _Gan(DatafreeGame(gen, student, teacher), opt_s, torch.optim.Adam(gen.parameters(), sched.lr_generator))
@@ -469,9 +470,9 @@ def _real_pool(profile, data_root) -> tuple[torch.Tensor, np.ndarray, D.ImageDat
     return torch.from_numpy(np.ascontiguousarray(data.x_train[idx])).permute(0, 3, 1, 2).contiguous(), split.val, data
 
 
-def _teacher(profile, data_root, output_root, device) -> tuple[BlockVGG, dict, str]:
+def _teacher(profile, data_root, output_root, device) -> tuple[BlockNet, dict, str]:
     teacher, tm = get_teacher("cifar10", profile, data_root=data_root, output_root=output_root, device=device)
-    return teacher, tm, Entry(output_root, "teacher", teacher_config("cifar10", profile)).key
+    return teacher, tm, Entry(output_root, "teacher", teacher_config("cifar10", profile, data_root=data_root)).key
 
 
 # --------------------------------------------------------------------------- the exactness check
@@ -497,7 +498,7 @@ def gradient_checks(profile="cpu", seed: int = 0, *, batch_size: int = 16, data_
     teacher = _teacher(profile, data_root, output_root, torch.device("cpu"))[0]
     teacher = copy.deepcopy(teacher).double()
     torch.manual_seed(seed)
-    game = DatafreeGame(Generator(ds.z_dim, ds.width).double(), BlockVGG(student_spec(teacher.spec)).double().train(),
+    game = DatafreeGame(Generator(ds.z_dim, ds.width).double(), build(student_spec(teacher.spec, batch_norm=teacher.spec.batch_norm)).double().train(),
                         teacher)
     z = torch.randn(batch_size, ds.z_dim, generator=g, dtype=torch.float64)
     rows.append({"game": "data-free distillation (student BatchNorm in train mode)", "factor": "-1",
@@ -656,7 +657,7 @@ def run_datafree(scheme: str, profile="cpu", seed: int = 0, *, data_root=None, o
     data = D.load_dataset("cifar10", data_root)
     x_test, y_test = D.test_arrays(data, profile.test_limit)
     x_test, y_test = D.to_tensor(x_test, "cifar10", device), torch.from_numpy(y_test).to(device)
-    t_pred = teacher_test_predictions("cifar10", profile, output_root=output_root).to(device)
+    t_pred = teacher_test_predictions("cifar10", profile, data_root=data_root, output_root=output_root).to(device)
     m = _build_datafree(sched, teacher, seed, device)
 
     def evaluate() -> dict:

@@ -12,10 +12,15 @@ from itertools import product
 
 import pandas as pd
 
-from .experiments import run_baseline, run_netgraft, runs_frame  # noqa: F401  (runs_frame: for the chapters)
+from .experiments import graft_seeds, run_method, runs_frame  # noqa: F401  (runs_frame: for the chapters)
+from .profiles import GRAFT_METHODS
+from .profiles import METHODS as ALL_METHODS
 
-METHODS = ("netgraft", "kd", "scratch")
-METHOD_LABELS = {"netgraft": "NetGraft", "kd": "KD on the N shots", "scratch": "scratch on the N shots (labels)",
+METHODS = ALL_METHODS
+BASELINES = tuple(m for m in METHODS if m not in GRAFT_METHODS)
+METHOD_LABELS = {"netgraft": "NetGraft (book recipe)", "netgraft_paper": "NetGraft (paper recipe)",
+                 "kd": "KD, from random", "scratch": "labels, from random",
+                 "kd_inherited": "KD, teacher's blocks 1..k kept", "scratch_inherited": "labels, teacher's blocks kept",
                  "teacher": "teacher"}
 RUN_KEYS = ["dataset", "shots", "seed"]
 
@@ -28,18 +33,18 @@ def _as_list(value, what: str) -> list:
 
 
 def run_grid(method: str, datasets, shots, seeds, profile="cpu", **kw) -> list[dict]:
-    """Metrics of `method` for every (data set, N, seed), read from the cache or trained now.
-
-    `kw` goes to run_netgraft / run_baseline (data_root, output_root, device, schedule overrides).
+    """Metrics of `method` for every (data set, N, seed), read from the cache or trained now (the seeds of a
+    grafting recipe together). `kw` goes to the experiment (teacher, data_root, output_root, device, overrides).
     """
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
+        raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    seeds = _as_list(seeds, "seeds")
     runs = []
-    for ds, n, seed in product(_as_list(datasets, "datasets"), _as_list(shots, "shots"), _as_list(seeds, "seeds")):
-        if method == "netgraft":
-            runs.append(run_netgraft(ds, n, seed, profile, **kw))
+    for ds, n in product(_as_list(datasets, "datasets"), _as_list(shots, "shots")):
+        if method in GRAFT_METHODS:
+            runs += graft_seeds(ds, n, seeds, profile, method=method, **kw)
         else:
-            runs.append(run_baseline(method, ds, n, seed, profile, **kw))
+            runs += [run_method(method, ds, n, seed, profile, **kw) for seed in seeds]
     return runs
 
 
@@ -85,3 +90,33 @@ def pm(mean: float, std: float, digits: int = 2) -> str:
     if std is None or (isinstance(std, float) and math.isnan(std)):
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+FIDELITY_COLUMNS = ["dataset", "teacher", "method", "shots", "seeds", "accuracy_mean", "accuracy_std",
+                    "teacher_accuracy"]
+
+
+def fidelity_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (data set, teacher, method, N) of a runs frame: mean and std of test accuracy over seeds."""
+    out = (df.groupby(["dataset", "teacher_name", "method", "shots"], sort=True)
+           .agg(seeds=("seed", "nunique"), accuracy_mean=("test_accuracy", "mean"),
+                accuracy_std=("test_accuracy", "std"), teacher_accuracy=("teacher_test_accuracy", "first"))
+           .reset_index().rename(columns={"teacher_name": "teacher"}))
+    return out[FIDELITY_COLUMNS]
+
+
+def save_fidelity(rows: pd.DataFrame, output_root=None):
+    """Write `tables/fidelity.csv`, replacing only the rows of the teachers in `rows` (chapters add their
+    own teacher's rows: chapter 5 the VGG16's, the ResNet chapter the ResNet-56's)."""
+    from pathlib import Path
+
+    from .cache import default_output_root
+    from .plots import save_table
+
+    path = Path(output_root if output_root is not None else default_output_root()) / "tables" / "fidelity.csv"
+    old = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=FIDELITY_COLUMNS)
+    keep = old[~old["teacher"].isin(set(rows["teacher"]))] if len(old) else old
+    table = pd.concat([keep, rows[FIDELITY_COLUMNS]] if len(keep) else [rows[FIDELITY_COLUMNS]])
+    order = {m: k for k, m in enumerate(METHODS)}
+    table = table.assign(_o=table["method"].map(order)).sort_values(["teacher", "dataset", "_o", "shots"])
+    return save_table(table.drop(columns="_o").reset_index(drop=True), "fidelity", output_root)

@@ -1,62 +1,136 @@
-"""Train (or load from the cache) the VGG16 teacher on the train split minus the validation pool.
+"""The teacher: the profile's VGG16 trained here, or a published network loaded and checked.
 
-Checkpointed every epoch, so an interrupted training resumes where it stopped. The test set is
-evaluated once, at the end, for the report.
+`vgg16` trains (or reads from the cache) the profile's VGG16 on the train split minus the validation
+pool, checkpointed every epoch, so an interrupted training resumes where it stopped. `resnet56` is the
+published CIFAR-10 ResNet-56 (no training): its file is looked up, checked and scored once. Either
+way the test set is evaluated once, for the report, and the predictions are cached for agreement scores.
 """
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from . import data as D
-from .cache import Entry
-from .device import autocast, pick_device
+from .cache import DamagedEntry, Entry, warn
+from .device import autocast, machine, pick_device
 from .evaluate import predict, report
-from .models import BlockVGG, VGGSpec, load_state, teacher_spec
-from .profiles import get_profile
+from .models import BlockNet, build, load_state, spec_from_dict
+from .models import resnet as R
+from .models import vgg as V
+from .profiles import TEACHERS, get_profile
 from .training import generator, progress, seed_everything, sgd_with_cosine
 
+REPO = Path(__file__).resolve().parents[1]
 
-def teacher_config(dataset: str, profile, seed: int = 0) -> dict:
-    profile = get_profile(profile)
+
+def check_teacher(teacher: str, dataset: str) -> str:
+    """The teacher's name, if nbgraft knows it for this data set; a clear error otherwise."""
     dataset = D.check_dataset(dataset)
-    spec = teacher_spec(D.NUM_CLASSES[dataset], profile.width, profile.batch_norm)
+    if teacher not in TEACHERS:
+        raise ValueError(f"unknown teacher {teacher!r}; nbgraft knows {', '.join(TEACHERS)} "
+                         "(a network of your own enters as a BlockNet, see the README)")
+    if dataset not in TEACHERS[teacher]:
+        raise ValueError(f"the {teacher} teacher exists for {', '.join(TEACHERS[teacher])}, not {dataset}")
+    return teacher
+
+
+def teachers_root() -> list[Path]:
+    """Where published weights are looked up: $NBGRAFT_TEACHERS, ./teachers, ../shared/teachers."""
+    env = os.environ.get("NBGRAFT_TEACHERS")
+    return [Path(env)] if env else [REPO / "teachers", REPO.parent / "shared" / "teachers"]
+
+
+def teacher_spec_for(dataset: str, profile, teacher: str = "vgg16"):
+    """The teacher's architecture (a family spec), without loading anything."""
+    profile, dataset = get_profile(profile), D.check_dataset(dataset)
+    check_teacher(teacher, dataset)
+    if teacher != "vgg16":
+        return R.teacher_spec(R.PUBLISHED[teacher]["depth"])
+    return V.teacher_spec(D.NUM_CLASSES[dataset], profile.width, profile.batch_norm, D.MEAN[dataset], D.STD[dataset])
+
+
+def teacher_config(dataset: str, profile, seed: int = 0, teacher: str = "vgg16", data_root=None) -> dict:
+    """What defines a teacher, its cache key: architecture, schedule (or published file) and the data's hash."""
+    profile, dataset = get_profile(profile), D.check_dataset(dataset)
+    spec = teacher_spec_for(dataset, profile, teacher)
+    data = D.load_dataset(dataset, data_root).fingerprint
+    if teacher != "vgg16":
+        return {"dataset": dataset, "published": teacher, "md5": R.PUBLISHED[teacher]["md5"], "spec": spec,
+                "test_limit": profile.test_limit, "val_per_class": profile.val_per_class[dataset], "data": data}
     return {"dataset": dataset, "spec": spec, "schedule": profile.teacher_for(dataset),
-            "val_per_class": profile.val_per_class[dataset], "seed": seed}
+            "val_per_class": profile.val_per_class[dataset], "seed": seed, "data": data}
 
 
-def spec_from_config(cfg: dict) -> VGGSpec:
-    """The teacher's VGGSpec from its config (as built, or as read back from JSON)."""
-    if isinstance(cfg["spec"], VGGSpec):
-        return cfg["spec"]
-    s = dict(cfg["spec"])
-    return VGGSpec(tuple(s["widths"]), s["hidden"], s["num_classes"], s["batch_norm"], tuple(s["depths"]))
+def spec_from_config(cfg: dict):
+    """The teacher's spec from its config (as built, or as read back from JSON)."""
+    return spec_from_dict(cfg["spec"])
 
 
-def get_teacher(dataset: str, profile="cpu", *, seed: int = 0, data_root=None, output_root=None, device=None):
-    """Return (teacher in eval mode, its metrics), training it first if the cache does not hold it."""
+def get_teacher(dataset: str, profile="cpu", *, seed: int = 0, data_root=None, output_root=None, device=None,
+                teacher: str = "vgg16") -> tuple[BlockNet, dict]:
+    """Return (teacher in eval mode, its metrics), training (or scoring) it first if the cache does not hold it."""
     device = pick_device(device)
-    cfg = teacher_config(dataset, profile, seed)
+    cfg = teacher_config(dataset, profile, seed, teacher, data_root)
     entry = Entry(output_root, "teacher", cfg)
-    seed_everything(seed)  # the initial weights are part of the experiment
-    model = BlockVGG(spec_from_config(entry.config)).to(device)
-    if not entry.done:
-        _train(model, entry, get_profile(profile), data_root, device)
-    load_state(model, entry.load_tensors("model.pt", device), f"teacher checkpoint {entry.path('model.pt')}")
+    with entry.lock():
+        try:
+            if teacher != "vgg16":
+                return _published(teacher, entry, get_profile(profile), data_root, device)
+            seed_everything(seed)  # the initial weights are part of the experiment
+            model = build(spec_from_config(entry.config)).to(device)
+            if not entry.done:
+                _train(model, entry, get_profile(profile), data_root, device)
+            load_state(model, entry.load_tensors("model.pt", device), f"teacher checkpoint {entry.path('model.pt')}")
+            entry.load_tensors("test_pred.pt")
+        except DamagedEntry as err:
+            entry.quarantine(str(err))
+    if not entry.done:  # it was damaged: computed again from scratch
+        return get_teacher(dataset, profile, seed=seed, data_root=data_root, output_root=output_root, device=device,
+                           teacher=teacher)
     model.eval().requires_grad_(False)
     return model, entry.metrics()
 
 
-def teacher_test_predictions(dataset: str, profile="cpu", *, seed: int = 0, output_root=None) -> torch.Tensor:
+def teacher_test_predictions(dataset: str, profile="cpu", *, seed: int = 0, data_root=None, output_root=None,
+                             teacher: str = "vgg16") -> torch.Tensor:
     """The teacher's predicted class for every test image (saved with it), for agreement scores."""
-    entry = Entry(output_root, "teacher", teacher_config(dataset, profile, seed))
+    entry = Entry(output_root, "teacher", teacher_config(dataset, profile, seed, teacher, data_root))
+    try:
+        return entry.load_tensors("test_pred.pt")
+    except DamagedEntry as err:
+        entry.quarantine(str(err))
+    get_teacher(dataset, profile, seed=seed, data_root=data_root, output_root=output_root, teacher=teacher)
     return entry.load_tensors("test_pred.pt")
 
 
-def _train(model: BlockVGG, entry: Entry, profile, data_root, device: torch.device) -> None:
+def _published(name: str, entry: Entry, profile, data_root, device) -> tuple[BlockNet, dict]:
+    info = R.PUBLISHED[name]
+    paths = [root / info["file"] for root in teachers_root()]
+    path = next((p for p in paths if p.is_file()), paths[0])
+    model = R.load_published(name, path).to(device).requires_grad_(False)
+    if entry.done:
+        entry.load_tensors("test_pred.pt")
+    else:
+        t0 = time.perf_counter()
+        data = D.load_dataset(entry.config["dataset"], data_root)
+        x_test, y_test = D.test_arrays(data, profile.test_limit)
+        spec = model.spec
+        pred = predict(model, D.to_tensor(x_test, data.name, device, spec.mean, spec.std)).argmax(1).cpu()
+        acc = (pred == torch.from_numpy(y_test)).float().mean().item() * 100
+        entry.start()
+        entry.save_tensors("test_pred.pt", pred)
+        entry.finish({"test_accuracy": acc, "published_test_accuracy": info["test_accuracy"], "weights": str(path),
+                      "history": [], "wall_s": time.perf_counter() - t0, "device": str(device),
+                      "torch_threads": torch.get_num_threads(), "data_source": data.source, "train_images": 0})
+    return model, entry.metrics()
+
+
+def _train(model: BlockNet, entry: Entry, profile, data_root, device: torch.device) -> None:
     cfg = entry.config
     sched = profile.teacher_for(cfg["dataset"])
     data = D.load_dataset(cfg["dataset"], data_root)
@@ -70,8 +144,13 @@ def _train(model: BlockVGG, entry: Entry, profile, data_root, device: torch.devi
     opt, lr_sched = sgd_with_cosine(model, sched.lr, sched.momentum, sched.weight_decay,
                                     sched.epochs * steps_per_epoch, int(sched.warmup_epochs * steps_per_epoch))
     state = {"epoch": 0, "history": [], "wall_s": 0.0}
+    saved = None
     if entry.path("resume.pt").is_file():
-        saved = entry.load_tensors("resume.pt", device)
+        try:
+            saved = entry.load_tensors("resume.pt", device)
+        except DamagedEntry as err:
+            warn(f"{err}; training the teacher from its first epoch")
+    if saved is not None:
         load_state(model, saved["model"], f"resume checkpoint {entry.path('resume.pt')}")
         opt.load_state_dict(saved["opt"])
         lr_sched.load_state_dict(saved["lr_sched"])
@@ -115,6 +194,6 @@ def _train(model: BlockVGG, entry: Entry, profile, data_root, device: torch.devi
     entry.save_tensors("model.pt", model.to(memory_format=torch.contiguous_format).state_dict())
     entry.save_tensors("test_pred.pt", test_pred)
     entry.finish({"test_accuracy": test_acc, "val_accuracy": state["history"][-1]["val_accuracy"],
-                  "history": state["history"], "wall_s": state["wall_s"], "device": str(device),
+                  "history": state["history"], "wall_s": state["wall_s"], "device": str(device), "machine": machine(device),
                   "torch_threads": torch.get_num_threads(), "data_source": data.source,
                   "train_images": len(x)})

@@ -20,12 +20,14 @@ REPO = Path(__file__).resolve().parents[1]
 EXPECTED = {
     "01": (["01_method"], ["01_profiles"]),
     "02": (["02_few_shot_grid", "02_teacher_curves", "02_baselines"], ["02_datasets", "02_teachers", "02_baselines"]),
-    "03": (["03_block_losses", "03_block_accuracy"], ["03_blocks"]),
+    "03": (["03_block_losses", "03_block_accuracy", "03_first_block"], ["03_blocks"]),
     "04": (["04_chain_accuracy", "04_net_losses", "04_student_vs_baselines"],
            ["04_chain", "04_student_vs_baselines", "04_compression", "04_fold_check"]),
     "05": (["05_results"], ["05_results"]),
+    "08": (["08_resnet_results", "08_resnet_units"], ["08_resnet_results", "08_resnet_units", "08_resnet_compression"]),
 }
-TINY_PARAMETERS = {"shots": [1, 2], "seeds": [0, 1]}
+TINY_PARAMETERS = {"shots": [1, 2], "seeds": [0, 1], "control_seeds": {"cifar10": [0, 1], "cifar100": [0, 1]},
+                   "random_seeds": [0, 1]}
 
 
 def chapter_ids():
@@ -129,8 +131,8 @@ def _check_table(path: Path) -> pd.DataFrame:
     assert len(df) > 0, f"{path.name} is empty"
     for col in df.select_dtypes("number").columns:
         # NaN is allowed where it means "nothing to report": a quoted paper number for an N the paper
-        # has not, or the spread of a single seed.
-        nan_ok = col.startswith("paper_") or col == "std" or col.endswith("_std")
+        # has not, the spread of a single seed, a recipe's difference to itself or one seed's interval.
+        nan_ok = (col.startswith(("paper_", "difference", "ci95")) or col == "std" or col.endswith("_std"))
         values = df[col].dropna() if nan_ok else df[col]
         assert values.map(math.isfinite).all(), f"{path.name}: non-finite values in {col}"
         if "accuracy" in col or "agreement" in col:
@@ -175,8 +177,16 @@ def test_reported_numbers_are_consistent(tiny_book):
     res = _check_table(t / "05_results.csv")
     assert set(res.dataset) == {"cifar10", "cifar100"} and set(res.shots) == set(TINY_PARAMETERS["shots"])
     assert (res.seeds == 2).all() and (res.profile == "tiny").all()
-    quoted = res.set_index(["dataset", "shots"])["paper_netgraft_accuracy_mean"]
+    quoted = res[res.method == "netgraft_paper"].set_index(["dataset", "shots"])["paper_netgraft_accuracy_mean"]
     assert quoted[("cifar10", 1)] == 90.74 and quoted[("cifar100", 1)] == 64.22 and math.isnan(quoted[("cifar10", 2)])
+    # The fidelity table: exactly the columns, every method, both teachers.
+    fid = _check_table(t / "fidelity.csv")
+    assert list(fid.columns) == ["dataset", "teacher", "method", "shots", "seeds", "accuracy_mean", "accuracy_std",
+                                 "teacher_accuracy"]
+    assert set(fid.method) >= {"netgraft", "netgraft_paper", "kd", "scratch", "kd_inherited", "scratch_inherited"}
+    assert set(fid.teacher) == {"vgg16", "resnet56"}
+    vgg = fid[fid.teacher == "vgg16"]
+    assert len(vgg) == len(vgg.drop_duplicates(["dataset", "method", "shots"])) == 2 * 6 * 2
     timings = json.loads((out / "notebooks" / "timings.json").read_text())
     assert set(timings) >= {p.stem for p in book.find_chapters()}
 
@@ -207,3 +217,10 @@ def test_book_builds_to_html_with_one_page_per_chapter_and_no_missing_figure(tin
             if src.startswith("data:"):
                 continue
             assert (page.parent / src.split("#")[0].split("?")[0]).resolve().is_file(), f"{page.name}: missing {src}"
+
+
+@pytest.mark.slow
+def test_one_chapter_alone_builds_a_book_of_one_page(data_root, tmp_path):
+    index = book.run_book(profile="tiny", chapters=["01"], data_root=data_root, output_root=tmp_path, device="cpu")
+    assert index.is_file() and (index.parent / "book" / "01_introduction.html").is_file()
+    assert not list((tmp_path / "notebooks").glob(".*"))  # no hidden partial notebook left

@@ -12,28 +12,28 @@ from nbgraft import data as D
 from nbgraft import graft as G
 from nbgraft.cache import Entry, config_hash
 from nbgraft.cli import main as cli_main
-from nbgraft.models import BlockVGG, load_state, student_spec, teacher_spec
+from nbgraft.experiments import new_parts
+from nbgraft.models import build, load_state
+from nbgraft.models.vgg import student_spec, teacher_spec
 from nbgraft.profiles import get_profile
 from nbgraft.teacher import get_teacher
 
 
-def identity_conv(c: int) -> nn.Conv2d:
-    conv = nn.Conv2d(c, c, 1)
-    with torch.no_grad():
-        conv.weight.copy_(torch.eye(c)[:, :, None, None])
-        conv.bias.zero_()
-    return conv
+def identity_conv(c: int) -> G.ChannelMap:
+    m = G.ChannelMap(c, c)
+    G.set_map(m, (torch.eye(c), None))
+    return m
 
 
 def test_grafting_the_teachers_own_blocks_reproduces_its_logits_exactly():
     torch.manual_seed(0)
-    teacher = BlockVGG(teacher_spec(10, width=0.125, batch_norm=True)).eval()
+    teacher = build(teacher_spec(10, width=0.125, batch_norm=True)).eval()
     x = torch.randn(8, 3, 32, 32)
     first = 3
     blocks = [copy.deepcopy(teacher.blocks[i]) for i in range(first, 6)]
-    t2s = [identity_conv(teacher.spec.in_width(i)) for i in range(first, 6)]
-    s2t = [identity_conv(teacher.spec.out_width(i)) if i < 5 else nn.Identity() for i in range(first, 6)]
-    parts = G.GraftParts(first, blocks, t2s, s2t).eval()
+    t2s = [identity_conv(teacher.widths[i]) for i in range(first, 6)]
+    s2t = [identity_conv(teacher.widths[i + 1]) if i < 5 else nn.Identity() for i in range(first, 6)]
+    parts = G.GraftParts(first, blocks, t2s, s2t, teacher.widths[first:]).eval()
     with torch.no_grad():
         want = teacher(x)
         for a in range(first, 6):
@@ -44,25 +44,31 @@ def test_grafting_the_teachers_own_blocks_reproduces_its_logits_exactly():
 
 def test_adapter_fold_is_exact():
     torch.manual_seed(0)
-    a, b = nn.Conv2d(16, 32, 1), nn.Conv2d(32, 16, 1)
-    x = torch.randn(4, 16, 5, 5)
-    folded = G.fold(a, b)
-    assert folded.weight.shape == (16, 16, 1, 1)
-    torch.testing.assert_close(folded(x), b(a(x)), rtol=1e-5, atol=1e-5)
+    a, b = G.ChannelMap(16, 32), G.ChannelMap(32, 16)
+    for x in (torch.randn(4, 16, 5, 5), torch.randn(4, 16), torch.randn(4, 16, 7)):
+        folded = G.fold(a, b)
+        assert folded.weight.shape == (16, 16)
+        torch.testing.assert_close(folded(x), b(a(x)), rtol=1e-5, atol=1e-5)
+    conv = nn.Conv2d(16, 32, 1)
+    with torch.no_grad():
+        conv.weight.copy_(a.weight[:, :, None, None])
+        conv.bias.copy_(a.bias)
+    x = torch.randn(2, 16, 3, 3)
+    torch.testing.assert_close(a(x), conv(x), rtol=1e-5, atol=1e-5)  # a channel map is a 1x1 conv
     assert isinstance(G.fold(nn.Identity(), nn.Identity()), nn.Identity)
-    torch.testing.assert_close(G.fold(nn.Identity(), b)(torch.randn(2, 32, 3, 3)).shape, torch.Size([2, 16, 3, 3]))
+    assert G.fold(nn.Identity(), b)(torch.randn(2, 32, 3, 3)).shape == torch.Size([2, 16, 3, 3])
 
 
 def test_exported_student_folded_equals_unfolded_and_is_smaller():
     torch.manual_seed(1)
     t_spec = teacher_spec(10, width=0.25, batch_norm=True)
     s_spec = student_spec(t_spec)
-    teacher = BlockVGG(t_spec).eval()
-    parts = G.GraftParts.for_student(t_spec, s_spec)
+    teacher = build(t_spec).eval()
+    parts = new_parts(teacher, s_spec, seed=0)
     assert parts.first == 3 and parts.positions == [3, 4, 5]
     x = torch.randn(16, 3, 32, 32)
-    folded = G.export_student(teacher, parts, s_spec, folded=True)
-    unfolded = G.export_student(teacher, parts, s_spec, folded=False)
+    folded = G.export_student(teacher, parts, folded=True)
+    unfolded = G.export_student(teacher, parts, folded=False)
     with torch.no_grad():
         lf, lu = folded(x), unfolded(x)
         chain = G.Grafted(teacher, parts, 3, 5).eval()(x)
@@ -72,7 +78,7 @@ def test_exported_student_folded_equals_unfolded_and_is_smaller():
     n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert n(folded) < n(unfolded) < n(teacher)
     # The folded student rebuilds from the two specs alone.
-    again = G.Student(t_spec, s_spec, folded=True)
+    again = G.export_student(build(t_spec, init=False), new_parts(build(t_spec, init=False), s_spec, seed=9))
     again.load_state_dict(folded.state_dict())
 
 
@@ -116,8 +122,8 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
         get_profile("huge")
     with pytest.raises(ValueError, match="unknown grafting loss"):
         G.graft_loss(torch.zeros(2, 3), torch.zeros(2, 3), "l7")
-    small = BlockVGG(teacher_spec(10, width=0.125))
-    big = BlockVGG(teacher_spec(10, width=0.25))
+    small = build(teacher_spec(10, width=0.125))
+    big = build(teacher_spec(10, width=0.25))
     with pytest.raises(ValueError, match="does not fit this architecture.*shape mismatch"):
         load_state(small, big.state_dict(), "teacher checkpoint x.pt")
 
@@ -174,9 +180,9 @@ def test_block_grafting_lowers_the_grafting_loss_on_real_cifar(data_root, tiny_o
 
     s = prepare("cifar10", 5, 0, "tiny", data_root=data_root, output_root=tiny_outputs, device="cpu")
     assert s.teacher_metrics["test_accuracy"] > 20  # the tiny teacher learned something real
-    sched = replace(get_profile("tiny").graft_for("cifar10"), block_epochs=(30,), augment=False)
-    torch.manual_seed(0)
-    parts = G.GraftParts.for_student(s.teacher.spec, student_spec(s.teacher.spec))
+    sched = replace(get_profile("tiny").graft_for("cifar10", method="netgraft_paper"), block_epochs=(30,),
+                    augment=False)
+    parts = new_parts(s.teacher, student_spec(s.teacher.spec), seed=0)
     log = G.graft_blocks(s.teacher, parts, s.x, sched, shots=5)
     for name, curve in log.losses.items():
         assert len(curve) == 30
@@ -188,10 +194,11 @@ def test_cli_runs_netgraft_and_baselines_and_prints_a_table(data_root, tiny_outp
     args = ["--profile", "tiny", "--data-root", str(data_root), "--output-root", str(tiny_outputs)]
     assert cli_main(["graft", "--shots", "2", "--baselines", *args]) == 0
     out = capsys.readouterr().out
-    assert out.count("N=2 seed=0") == 3
+    assert out.count("N=2 seed=0") == 5  # NetGraft and the four baselines
+    assert "cache/<method>/<key>" in out
     assert cli_main(["table", "--output-root", str(tiny_outputs)]) == 0
     table = capsys.readouterr().out
-    for method in ("netgraft", "scratch", "kd"):
+    for method in ("netgraft", "scratch", "kd", "kd_inherited", "scratch_inherited"):
         assert method in table
     assert cli_main(["graft", "--shots", "9999", *args]) == 2
     assert "N=9999 shots is more than" in capsys.readouterr().err

