@@ -21,8 +21,7 @@ from torch import nn
 
 from . import BlockNet, family
 
-
-MAX_IMAGES = 512  # channel statistics from at most this many few-shot images (plenty for a mean)
+MAX_IMAGES = 512  # channel statistics from at most about this many few-shot images (plenty for a mean)
 
 
 def selection(keep: torch.Tensor, width: int) -> torch.Tensor:
@@ -77,7 +76,8 @@ def choose_channels(teacher: BlockNet, first: int, student_widths: Sequence[int]
 
 def fit_exit(student_out: torch.Tensor, teacher_out: torch.Tensor, ridge: float = 1e-3) -> tuple:
     """(weight, bias) of the channel map that best rebuilds the teacher's activation from the student's
-    (least squares over images and positions, ridge-regularised): a better exit than the embedding."""
+    (least squares over images and positions, ridge-regularised): init="teacher_fit" starts the exits
+    there instead of at the embedding. On the validation pool it did not help, and at 1 shot it overfits."""
     s = student_out.movedim(1, -1).reshape(-1, student_out.shape[1]).double()
     t = teacher_out.movedim(1, -1).reshape(-1, teacher_out.shape[1]).double()
     s1 = torch.cat([s, torch.ones(len(s), 1, dtype=s.dtype, device=s.device)], 1)
@@ -105,7 +105,7 @@ def inherit(teacher: BlockNet, first: int, blocks: Sequence[nn.Module], student_
         fam = family(teacher.spec)
         inherit_block = inherit_block or fam.inherit_block
         groups = fam.stream_groups(teacher.spec) if groups is None else groups
-    x = x[:MAX_IMAGES]
+    x = x[:: -(-len(x) // MAX_IMAGES)]  # every k-th image: the draw is class by class, so this keeps every class
     keep = choose_channels(teacher, first, student_widths, x, groups)
     with torch.no_grad():
         acts = teacher.eval().boundaries(x)
