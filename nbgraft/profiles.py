@@ -162,9 +162,11 @@ _PAPER_BASELINE = BaselineSchedule(steps=5000)
 _CPU_PAPER = {  # the paper's recipe at the cpu budget: random init, logits only; rates and lengths chosen on the
     # validation pool (`nbgraft tune`: this grid's winner was 600/300 block and 300/300 net epochs at these rates)
     "cifar10": GraftSchedule(block_epochs=(600, 600, 600), block_lr=(1e-3,), block_adapter_lr=1e-2,
-                             net_epochs=(300, 300), net_lr=1e-3 / 3, net_adapter_lr=1e-2 / 3, scale_lr_with_shots=False),
+                             net_epochs=(300, 300), net_lr=1e-3 / 3, net_adapter_lr=1e-2 / 3, scale_lr_with_shots=False,
+                             val_every=50),
     "cifar100": GraftSchedule(block_epochs=(120, 120, 120), block_lr=(1e-3,), block_adapter_lr=1e-2,
-                              net_epochs=(60, 60), net_lr=1e-3 / 3, net_adapter_lr=1e-2 / 3, scale_lr_with_shots=False),
+                              net_epochs=(60, 60), net_lr=1e-3 / 3, net_adapter_lr=1e-2 / 3, scale_lr_with_shots=False,
+                              val_every=10),
 }
 _CPU_NETGRAFT = {  # the book's recipe, chosen on the validation pool (see the notes below and chapter 5)
     "cifar10": GraftSchedule(block_epochs=(200,), block_lr=(1e-3,), block_adapter_lr=1e-3, net_epochs=(100,),
@@ -237,7 +239,7 @@ PROFILES: dict[str, Profile] = {
                                               init="teacher", feature_weight=1.0, logit_weight=0.0, mixup=True,
                                               val_every=4),
                        netgraft_paper=GraftSchedule(block_epochs=(8, 6, 6), net_epochs=(4, 4), block_lr=(1e-3,),
-                                                    net_lr=5e-4),
+                                                    net_lr=5e-4, val_every=4),
                        **{m: BaselineSchedule(steps=20, mixup=True) for m in BASELINE_METHODS}),
             **_recipes("resnet56", ("cifar10",),
                        netgraft=GraftSchedule(block_epochs=(2,), net_epochs=(1,), init="teacher", feature_weight=1.0,
