@@ -12,7 +12,7 @@ STAMP   := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[book,test]"
+	$(BIN)/pip install -q -e ".[book,test,cluster]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (nbgraft)" >/dev/null
 	touch $(STAMP)
 

@@ -172,7 +172,8 @@ class Entry:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                warn(f"another process is computing {self.dir}; waiting for it")
+                if not self.done:  # a finished entry is only being read: no news for the user
+                    warn(f"another process is computing {self.dir}; waiting for it")
                 t0 = time.monotonic()
                 while True:
                     try:

@@ -109,7 +109,8 @@ def cmd_sweep(args) -> int:
     from .cache import default_output_root
     from .sweep import run_sweep
 
-    table = run_sweep(args.grid, profile=args.profile, table_name=args.table, **_kw(args))
+    table = run_sweep(args.grid, profile=args.profile, table_name=args.table, executor=args.executor,
+                      address=args.address, **_kw(args))
     print(f"{len(table)} runs; table: {args.output_root or default_output_root()}/tables/{args.table}.csv")
     return 0
 
@@ -134,10 +135,18 @@ def cmd_book(args) -> int:
     return 0
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in its help, unless the help already says it in words."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        return text if "default:" in text else super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .profiles import GRAFT_METHODS, METHODS, TEACHERS
 
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _Defaults
     ap = argparse.ArgumentParser(prog="nbgraft", description=__doc__, formatter_class=fmt)
     ap.add_argument("--version", action="version", version=f"nbgraft {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -176,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=fmt)
     p.add_argument("--grid", default="default", help="'default' (fits the profile) or 'full' (the paper's grid)")
     p.add_argument("--table", default="06_sweep", help="name of the table written under <output-root>/tables")
+    p.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="local: one run after another in this process; ray: each run (or batch of seeds) a Ray "
+                        "task, one GPU each where the cluster has GPUs (needs pip install -e '.[cluster]')")
+    p.add_argument("--address", default=None,
+                   help="with --executor ray: 'auto' or HOST:PORT joins a running cluster; unset starts a local one")
     _common(p)
     p.set_defaults(func=cmd_sweep)
 
@@ -199,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .book import BuildFailed, ChapterFailed
     from .cache import CacheLocked, DamagedEntry
+    from .cluster import SweepIncomplete
 
     try:
         return args.func(args)
@@ -207,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
               "and re-running the same command continues where it stopped", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ChapterFailed,
-            BuildFailed, CacheLocked, DamagedEntry) as err:
+            BuildFailed, CacheLocked, DamagedEntry, SweepIncomplete) as err:
         msg = str(err).strip().splitlines()
         print(f"nbgraft: error: {' '.join(msg) if len(msg) < 4 else msg[0] + ' ' + msg[-1]}", file=sys.stderr)
         return 2

@@ -166,7 +166,8 @@ FULL = Grid((Cross(DATASETS, PAPER_SHOTS, SEEDS, COMPARISON), Cross(DATASETS, (1
 # What the book runs by default for each profile. cpu, sized for 2 CPU cores, is chapter 5's fidelity table
 # (every method at 1, 5 and 10 shots: the book's NetGraft with three seeds on both data sets, the paper's
 # recipe and the students keeping the teacher's blocks with three on CIFAR-10 and one on CIFAR-100, the
-# from-random students with one) and the ablations at 1 and 10 shots on CIFAR-10 with three seeds. tiny
+# from-random students with one) and the ablations with three seeds at 1 and 10 shots on CIFAR-10 and at 10
+# shots on CIFAR-100. tiny
 # matches the grid the tests give the chapters, so the chapter re-reads their runs.
 DEFAULT: dict[str, Grid] = {
     "paper": FULL,
@@ -176,6 +177,7 @@ DEFAULT: dict[str, Grid] = {
         Cross("cifar100", (1, 5, 10), (0,), ("netgraft_paper", "kd_inherited", "scratch_inherited")),
         Cross(DATASETS, (1, 5, 10), (0,), ("kd", "scratch")),
         Cross("cifar10", (1, 10), SEEDS, ABLATIONS),
+        Cross("cifar100", (10,), SEEDS, ABLATIONS),
     )),
     "tiny": Grid((
         Cross(DATASETS, (1, 2), (0, 1), COMPARISON),
@@ -242,28 +244,44 @@ def results_table(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=KEY_COLUMNS + RESULT_COLUMNS)
 
 
+def work_units(runs: list[Run], batch_seeds: bool = True) -> list[list[Run]]:
+    """The runs grouped as they train, in the order of each group's first run: with `batch_seeds`, the
+    seeds of one grafting method at one (teacher, data set, N) together; every other run alone."""
+    units: dict[tuple, list[Run]] = {}
+    for r in runs:
+        key = (r.teacher, r.dataset, r.shots, r.method) if batch_seeds and r.method not in BASELINES else r
+        units.setdefault(key, []).append(r)
+    return list(units.values())
+
+
 def run_sweep(grid: str | Grid | Mapping | Iterable[Mapping] = "default", profile="cpu", *, data_root=None,
               output_root=None, device=None, table_name: str = "06_sweep", batch_seeds: bool = True,
-              on_run: Callable[[Run, dict], None] | None = None) -> pd.DataFrame:
+              on_run: Callable[[Run, dict], None] | None = None, executor: str = "local",
+              address: str | None = None) -> pd.DataFrame:
     """Run (or read back) every run of `grid`; rewrite `<output_root>/tables/<table_name>.csv` after each.
 
     With `batch_seeds`, the seeds of one NetGraft variant at one (data set, N) train together the first
     time one of them is reached (the others are then read from the cache). `on_run(run, metrics)` is
     called after each run (progress hooks; the tests use it to interrupt). Returns the table.
+    `executor="ray"` runs the same units as Ray tasks (`nbgraft.cluster`; `address` as `ray.init`'s).
     """
+    if executor == "ray":
+        from .cluster import run_sweep_ray
+
+        return run_sweep_ray(grid, profile, address=address, data_root=data_root, output_root=output_root,
+                             device=device, table_name=table_name, batch_seeds=batch_seeds)
+    if executor != "local":
+        raise ValueError(f"unknown executor {executor!r}; use 'local' (in this process) or 'ray'")
     profile = get_profile(profile)
     runs = get_grid(grid, profile).runs()
-    together: dict[tuple, list[int]] = {}
-    for r in runs:
-        if batch_seeds and r.method not in BASELINES:
-            together.setdefault((r.teacher, r.dataset, r.shots, r.method), []).append(r.seed)
+    together = {r: tuple(r.seed for r in unit) for unit in work_units(runs, batch_seeds) if len(unit) > 1
+                for r in unit}
     rows: list[dict] = []
     with progress(runs, desc=f"sweep ({profile.name})", leave=True) as bar:
         for run in bar:
             bar.set_postfix_str(run.label)
             metrics = run_one(run, profile, data_root=data_root, output_root=output_root, device=device,
-                              seeds_together=tuple(together.get((run.teacher, run.dataset, run.shots, run.method),
-                                                                ())))
+                              seeds_together=together.get(run, ()))
             rows.append(result_row(run, metrics, profile))
             save_table(results_table(rows), table_name, output_root)
             if on_run is not None:
