@@ -136,19 +136,7 @@ for ds in datasets:
             f"{teacher_acc[ds] - book.accuracy_mean:.2f} points under the teacher ({teacher_acc[ds]:.2f}%); paper's "
             f"recipe {report.pm(paper.accuracy_mean, paper.accuracy_std)}% ({teacher_acc[ds] - paper.accuracy_mean:.2f} "
             f"under); best baseline {report.METHOD_LABELS[best_base]} {acc.loc[(ds, best_base, n)].accuracy_mean:.2f}%.")
-# A control that did not train is no control: name every baseline near chance or falling with N.
-for ds in datasets:
-    chance = 100 / (10 if ds == "cifar10" else 100)
-    for m in report.BASELINES:
-        curve = [acc.loc[(ds, m, n)].accuracy_mean for n in sorted(shots)]
-        if max(curve) < 3 * chance or curve[-1] < curve[0]:
-            lines.append(
-                f"- **Caution, {ds}: {report.METHOD_LABELS[m]}** scores "
-                + " / ".join(f"{a:.2f}" for a in curve) + f"% at N = {', '.join(map(str, sorted(shots)))} "
-                + (f"(chance {chance:g}%)" if max(curve) < 3 * chance else "(lower with more images)")
-                + ": it did not train properly at learning rates chosen on CIFAR-10's validation pool"
-                + (" and reused here untuned" if ds != "cifar10" else "")
-                + ". Its gap to NetGraft is not a tuned comparison.")
+lines += report.untrained_controls(fidelity)  # a control that did not train is no control
 display(Markdown("\n".join(lines)))
 
 # %% [markdown]

@@ -165,6 +165,7 @@ for n in shots:
         if (m, n) in acc.index:
             line += f"; {report.METHOD_LABELS[m]} {acc.loc[(m, n)].accuracy_mean:.2f}%"
     lines.append("- " + line + ".")
+lines += report.untrained_controls(fidelity)  # a control that did not train is no control
 display(Markdown("\n".join(lines) + "\n\nThe paper's recipe and the baselines ran on "
                  f"{len(paper_seeds)} and {len(baseline_seeds)} seed(s) here (parameters `paper_seeds`, "
                  "`baseline_seeds`); their spread is not shown where there is a single seed."))

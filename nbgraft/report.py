@@ -120,3 +120,25 @@ def save_fidelity(rows: pd.DataFrame, output_root=None):
     order = {m: k for k, m in enumerate(METHODS)}
     table = table.assign(_o=table["method"].map(order)).sort_values(["teacher", "dataset", "_o", "shots"])
     return save_table(table.drop(columns="_o").reset_index(drop=True), "fidelity", output_root)
+
+
+def untrained_controls(fidelity: pd.DataFrame) -> list[str]:
+    """Markdown lines naming every baseline of a fidelity table that stays near chance (under 3x) or falls
+    as N grows: such a control did not train, so its gap to NetGraft is no tuned comparison. The
+    baselines' learning rates were chosen for the VGG16 on CIFAR-10's validation pool only."""
+    from .data import NUM_CLASSES
+
+    lines = []
+    rows = fidelity[fidelity["method"].isin(BASELINES)].sort_values("shots")
+    for (ds, teacher, m), g in rows.groupby(["dataset", "teacher", "method"], sort=False):
+        curve, chance = g["accuracy_mean"].tolist(), 100 / NUM_CLASSES[ds]
+        if max(curve) >= 3 * chance and curve[-1] >= curve[0]:
+            continue
+        lines.append(
+            f"- **Caution, {ds} ({teacher}): {METHOD_LABELS[m]}** scores " + " / ".join(f"{a:.2f}" for a in curve)
+            + f"% at N = {', '.join(str(n) for n in g['shots'])} "
+            + (f"(chance {chance:g}%)" if max(curve) < 3 * chance else "(lower with more images)")
+            + ": it did not train properly at learning rates chosen for the VGG16 on CIFAR-10's validation pool"
+            + ("" if (ds, teacher) == ("cifar10", "vgg16") else ", reused here untuned")
+            + ". Its gap to NetGraft is not a tuned comparison.")
+    return lines

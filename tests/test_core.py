@@ -202,3 +202,19 @@ def test_cli_runs_netgraft_and_baselines_and_prints_a_table(data_root, tiny_outp
         assert method in table
     assert cli_main(["graft", "--shots", "9999", *args]) == 2
     assert "N=9999 shots is more than" in capsys.readouterr().err
+
+
+def test_untrained_controls_are_named_and_trained_ones_are_not():
+    import pandas as pd
+
+    from nbgraft import report
+
+    rows = [("cifar10", "vgg16", "kd", n, a) for n, a in ((1, 18.9), (5, 32.6), (10, 32.5))]  # trains: not named
+    rows += [("cifar100", "vgg16", "kd", n, a) for n, a in ((1, 1.4), (5, 1.1), (10, 1.4))]  # chance
+    rows += [("cifar100", "vgg16", "kd_inherited", n, a) for n, a in ((1, 17.1), (5, 13.9), (10, 13.4))]  # falls
+    rows += [("cifar100", "vgg16", "netgraft", n, 1.0) for n in (1, 5, 10)]  # not a control
+    f = pd.DataFrame(rows, columns=["dataset", "teacher", "method", "shots", "accuracy_mean"])
+    lines = report.untrained_controls(f)
+    assert len(lines) == 2
+    assert "chance 1%" in lines[0] and "reused here untuned" in lines[0]
+    assert "lower with more images" in lines[1] and "13.40" in lines[1]
