@@ -17,12 +17,7 @@ from nbgraft.models import build, load_state
 from nbgraft.models.vgg import student_spec, teacher_spec
 from nbgraft.profiles import get_profile
 from nbgraft.teacher import get_teacher
-
-
-def identity_conv(c: int) -> G.ChannelMap:
-    m = G.ChannelMap(c, c)
-    G.set_map(m, (torch.eye(c), None))
-    return m
+from helpers import identity_map
 
 
 def test_grafting_the_teachers_own_blocks_reproduces_its_logits_exactly():
@@ -31,8 +26,8 @@ def test_grafting_the_teachers_own_blocks_reproduces_its_logits_exactly():
     x = torch.randn(8, 3, 32, 32)
     first = 3
     blocks = [copy.deepcopy(teacher.blocks[i]) for i in range(first, 6)]
-    t2s = [identity_conv(teacher.widths[i]) for i in range(first, 6)]
-    s2t = [identity_conv(teacher.widths[i + 1]) if i < 5 else nn.Identity() for i in range(first, 6)]
+    t2s = [identity_map(teacher.widths[i]) for i in range(first, 6)]
+    s2t = [identity_map(teacher.widths[i + 1]) if i < 5 else nn.Identity() for i in range(first, 6)]
     parts = G.GraftParts(first, blocks, t2s, s2t, teacher.widths[first:]).eval()
     with torch.no_grad():
         want = teacher(x)

@@ -18,6 +18,7 @@ from nbgraft.models import resnet as R
 from nbgraft.models import vgg as V
 from nbgraft.models.inherit import inherit
 from nbgraft.profiles import BaselineSchedule, GraftSchedule, get_profile
+from helpers import identity_map
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = REPO.parent / "shared" / "teachers" / "resnet56-4bfd9763.th"
@@ -41,12 +42,6 @@ def _float_tol(reference: torch.Tensor, depth: int) -> float:
     return float(reference.abs().max()) * torch.finfo(torch.float32).eps * 64 * depth
 
 
-def _identity_map(c: int) -> G.ChannelMap:
-    m = G.ChannelMap(c, c)
-    G.set_map(m, (torch.eye(c), None))
-    return m
-
-
 # --------------------------------------------------------------------------- ResNet
 def test_resnet_grafting_its_own_units_reproduces_its_logits_and_folds_exactly():
     torch.manual_seed(0)
@@ -56,8 +51,8 @@ def test_resnet_grafting_its_own_units_reproduces_its_logits_and_folds_exactly()
     first = 4  # stage 2 on
     blocks = [copy.deepcopy(teacher.blocks[i]) for i in range(first, len(teacher))]
     widths = teacher.widths[first:]
-    parts = G.GraftParts(first, blocks, [_identity_map(widths[j]) for j in range(len(blocks))],
-                         [_identity_map(widths[j + 1]) if j + 1 < len(blocks) else nn.Identity()
+    parts = G.GraftParts(first, blocks, [identity_map(widths[j]) for j in range(len(blocks))],
+                         [identity_map(widths[j + 1]) if j + 1 < len(blocks) else nn.Identity()
                           for j in range(len(blocks))], widths).eval()
     with torch.no_grad():
         want = teacher(x)
