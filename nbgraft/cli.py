@@ -60,8 +60,10 @@ def cmd_teacher(args) -> int:
 
 def cmd_graft(args) -> int:
     from .experiments import run_method
-    from .profiles import BASELINE_METHODS
+    from .profiles import BASELINE_METHODS, GRAFT_METHODS
 
+    if args.baselines and args.images != "real":
+        raise ValueError("the baselines train on real images only; drop --baselines or use --images real")
     methods = list(dict.fromkeys([*args.method, *(BASELINE_METHODS if args.baselines else ())]))
     rows = []
     for ds in args.dataset:
@@ -69,7 +71,8 @@ def cmd_graft(args) -> int:
             for seed in args.seeds:
                 for method in methods:
                     t0 = time.perf_counter()
-                    m = run_method(method, ds, n, seed, args.profile, teacher=args.teacher, **_kw(args))
+                    src = {"source": args.images} if method in GRAFT_METHODS else {}
+                    m = run_method(method, ds, n, seed, args.profile, teacher=args.teacher, **src, **_kw(args))
                     took = time.perf_counter() - t0
                     rows.append(m)
                     print(f"{args.teacher} {ds} N={n} seed={seed} {method:17s} test {m['test_accuracy']:6.2f}%  "
@@ -170,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="netgraft: the book's recipe; netgraft_paper: the paper's")
     p.add_argument("--baselines", action="store_true",
                    help="also train the four baselines (KD and labels, from random or keeping the teacher's blocks)")
+    p.add_argument("--images", default="real", choices=["real", "synthetic", "noise"],
+                   help="the N images per class: a real draw, the teacher's synthetic images (data-free), or noise")
     p.add_argument("--json", action="store_true", help="print every run's full metrics as JSON")
     teacher_option(p)
     _common(p)

@@ -23,6 +23,7 @@ from .cache import Entry, _plain, default_output_root, warn
 from .device import machine, pick_device
 from .evaluate import count_flops, count_params, predict
 from .graft import GraftParts, export_student
+from .inversion import check_source, noise_images, synthetic_pool, take
 from .models import BlockNet, build, family, spec_from_dict
 from .models.inherit import inherit
 from .profiles import BASELINE_METHODS, GRAFT_METHODS, METHODS, get_profile
@@ -52,6 +53,8 @@ class Setting:
     teacher_test_pred: torch.Tensor
     teacher_val_pred: torch.Tensor
     data_source: str
+    image_source: str = "real"  # what the N images per class are: see nbgraft.inversion.SOURCES
+    image_key: str | None = None  # the synthetic pool's cache key
 
     def boundaries(self, split: str, first: int) -> SharedBoundaries:
         """The teacher's val or test activations from block `first` on (computed once per process)."""
@@ -87,8 +90,11 @@ _BOUNDARIES: dict[tuple, SharedBoundaries] = {}
 
 
 def prepare(dataset: str, shots: int, seed: int = 0, profile="cpu", *, teacher: str = "vgg16", data_root=None,
-            output_root=None, device=None) -> Setting:
+            output_root=None, device=None, source: str = "real") -> Setting:
+    """The teacher and tensors of one run. `source`: the N images per class are the seed's real draw
+    ("real"), the teacher's own synthetic images ("synthetic", no real image in training) or pixel noise."""
     device = pick_device(device)
+    check_source(source)
     profile = get_profile(profile)
     dataset = D.check_dataset(dataset)
     check_teacher(teacher, dataset)
@@ -100,16 +106,22 @@ def prepare(dataset: str, shots: int, seed: int = 0, profile="cpu", *, teacher: 
     val = _balanced_prefix(data.y_train, split.val, VAL_REPORT_SIZE)
     x_test, y_test = D.test_arrays(data, profile.test_limit)
     x_val = D.to_tensor(data.x_train[val], dataset, device, **norm)
+    x, y, image_key = data.x_train[split.few_shot], data.y_train[split.few_shot], None
+    if source == "synthetic":
+        pool = synthetic_pool(dataset, seed, profile, teacher=teacher, data_root=data_root, output_root=output_root,
+                              device=device)
+        (x, y), image_key = take(pool, shots), pool["metrics"]["cache_key"]
+    elif source == "noise":
+        x, y = noise_images(net.num_classes, shots, seed)
     return Setting(
         dataset, shots, seed, profile, teacher, net, tm,
         Entry(output_root, "teacher", teacher_config(dataset, profile, teacher=teacher, data_root=data_root)).key,
-        D.to_tensor(data.x_train[split.few_shot], dataset, device, **norm),
-        torch.from_numpy(data.y_train[split.few_shot]).to(device),
+        D.to_tensor(x, dataset, device, **norm), torch.from_numpy(y).to(device),
         x_val, torch.from_numpy(data.y_train[val]).to(device),
         D.to_tensor(x_test, dataset, device, **norm), torch.from_numpy(y_test).to(device),
         teacher_test_predictions(dataset, profile, data_root=data_root, output_root=output_root,
                                  teacher=teacher).to(device),
-        predict(net, x_val).argmax(1), data.source,
+        predict(net, x_val).argmax(1), data.source, source, image_key,
     )
 
 
@@ -125,6 +137,8 @@ def _base_config(s: Setting, method: str) -> dict:
            "test_limit": s.profile.test_limit, "val_report_size": VAL_REPORT_SIZE}
     if s.teacher_name != "vgg16":
         cfg["teacher_name"] = s.teacher_name
+    if s.image_source != "real":  # real runs keep the keys they had before sources existed
+        cfg.update(image_source=s.image_source, image_key=s.image_key)
     return cfg
 
 
@@ -181,14 +195,15 @@ def new_parts(teacher: BlockNet, s_spec, seed: int, init: str = "random", x: tor
 # --------------------------------------------------------------------------- NetGraft
 def graft_seeds(dataset: str, shots: int, seeds, profile="cpu", *, method: str = "netgraft", teacher: str = "vgg16",
                 student: dict | None = None, data_root=None, output_root=None, device=None, stack: str = "auto",
-                **schedule_overrides) -> list[dict]:
+                source: str = "real", **schedule_overrides) -> list[dict]:
     """NetGraft (`method` = its recipe: "netgraft", the book's, or "netgraft_paper") for several seeds,
     trained together; returns each seed's metrics, in order. `student`: options of the family's student
     (e.g. {"widths": ...}; None: the family's default student).
 
     Seeds already in the cache are read back; the others are trained in one run and each stored in the
     entry a run of that seed alone would use. `stack` picks how the students run ("auto", "loop" or
-    "vmap", see nbgraft.batched); it does not change the results."""
+    "vmap", see nbgraft.batched); it does not change the results. `source`: real images, or images made
+    from the teacher alone (see `prepare` and nbgraft.inversion)."""
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be a non-empty list of distinct integers, got {seeds}")
@@ -199,7 +214,7 @@ def graft_seeds(dataset: str, shots: int, seeds, profile="cpu", *, method: str =
     sched = replace(profile.recipe(method, dataset, check_teacher(teacher, dataset)), **schedule_overrides)
     s_spec = student_spec_for(teacher_spec_for(dataset, profile, teacher), student)
     kw = {"teacher": teacher, "data_root": data_root, "output_root": output_root, "device": device}
-    settings = [prepare(dataset, shots, seed, profile, **kw) for seed in seeds]
+    settings = [prepare(dataset, shots, seed, profile, source=source, **kw) for seed in seeds]
     entries = [Entry(output_root, "netgraft", {**_base_config(s, method), "schedule": sched, "student": s_spec})
                for s in settings]
     todo = [k for k, e in enumerate(entries) if not e.done]
@@ -215,6 +230,24 @@ def graft_seeds(dataset: str, shots: int, seeds, profile="cpu", *, method: str =
                     entries[k].save_tensors(name, obj)
                 entries[k].finish({**metrics, "cache_key": entries[k].key})
     return [e.metrics() for e in entries]
+
+
+def untrained_student(dataset: str, shots: int, seed: int = 0, profile="cpu", *, method: str = "netgraft",
+                      teacher: str = "vgg16", source: str = "real", data_root=None, output_root=None,
+                      device=None) -> dict:
+    """Scores of the student as `method`'s recipe starts it, before any grafting step: what the grafting
+    steps add is measured from here. A student started from the teacher keeps the channels most active
+    on the N images (of `source`), so its starting point depends on them too."""
+    profile = get_profile(profile)
+    sched = profile.recipe(method, D.check_dataset(dataset), check_teacher(teacher, dataset))
+    s = prepare(dataset, shots, seed, profile, teacher=teacher, data_root=data_root, output_root=output_root,
+                device=device, source=source)
+    parts = new_parts(s.teacher, student_spec_for(s.teacher.spec), seed, sched.init, s.x)
+    student = export_student(s.teacher, parts, folded=True)
+    first = parts.first
+    return {"method": method, "shots": shots, "seed": seed, "image_source": source, "init": sched.init,
+            **s.scores_from(s.boundaries("val", first).student_logits(student),
+                            s.boundaries("test", first).student_logits(student))}
 
 
 def run_netgraft(dataset: str, shots: int, seed: int = 0, profile="cpu", **kw) -> dict:
@@ -283,7 +316,7 @@ def _train_together(settings: list[Setting], sched, s_spec, stack: str, method: 
             "fold_same_predictions": bool((logits_f.argmax(1) == logits_u.argmax(1)).all()),
             **static, "teacher_spec": teacher.spec, "student_spec": s_spec, "schedule": sched,
             "device": str(s.x.device), "torch_threads": torch.get_num_threads(), "machine": machine(s.x.device),
-            "data_source": s.data_source, "images": len(s.x),
+            "data_source": s.data_source, "images": len(s.x), "image_source": s.image_source,
         }, {"parts.pt": p.state_dict(), "student.pt": student.state_dict()}))
     return out
 
@@ -345,8 +378,8 @@ def load_student(metrics: dict, output_root=None, device=None) -> BlockNet:
 
 # --------------------------------------------------------------------------- reading the cache
 def cached_runs(method: str, output_root=None, *, profile=None, dataset: str | None = None,
-                teacher: str = "vgg16") -> list[dict]:
-    """Metrics of every finished run of `method` in the cache.
+                teacher: str = "vgg16", source: str = "real") -> list[dict]:
+    """Metrics of every finished run of `method` in the cache (its N images from `source`).
 
     With `profile` and `dataset`: only that teacher's and data set's runs on the profile's own recipe
     (no ablation overrides, default student), so an old or a variant run never mixes into a curve.
@@ -364,7 +397,7 @@ def cached_runs(method: str, output_root=None, *, profile=None, dataset: str | N
         except (OSError, ValueError) as err:  # json's errors are ValueErrors
             warn(f"skipping the unreadable cache entry {path} ({err}); it is computed again when asked for")
             continue
-        if m.get("method", kind) == method:
+        if m.get("method", kind) == method and m.get("image_source", "real") == source:
             runs.append(m)
     if profile is None and dataset is None:
         return runs

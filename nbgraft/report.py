@@ -105,6 +105,20 @@ def fidelity_rows(df: pd.DataFrame) -> pd.DataFrame:
     return out[FIDELITY_COLUMNS]
 
 
+SOURCE_COLUMNS = ["source", "images_per_class", "seeds", "accuracy_mean", "accuracy_std", "teacher_accuracy"]
+
+
+def source_rows(runs: list[dict]) -> pd.DataFrame:
+    """One row per (image source, K) of NetGraft runs: mean and std of test accuracy over seeds
+    (chapter 7's `07_datafree_netgraft` table; `teacher_accuracy` is the teacher's test accuracy)."""
+    df = pd.DataFrame([{"source": m.get("image_source", "real"), "images_per_class": m["shots"], "seed": m["seed"],
+                        "test_accuracy": m["test_accuracy"], "teacher": m["teacher_test_accuracy"]} for m in runs])
+    out = (df.groupby(["source", "images_per_class"], sort=False)
+           .agg(seeds=("seed", "nunique"), accuracy_mean=("test_accuracy", "mean"),
+                accuracy_std=("test_accuracy", "std"), teacher_accuracy=("teacher", "first")).reset_index())
+    return out[SOURCE_COLUMNS]
+
+
 def save_fidelity(rows: pd.DataFrame, output_root=None):
     """Write `tables/fidelity.csv`, replacing only the rows of the teachers in `rows` (chapters add their
     own teacher's rows: chapter 5 the VGG16's, the ResNet chapter the ResNet-56's)."""

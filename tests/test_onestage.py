@@ -1,4 +1,5 @@
-"""One-stage adversarial training: the rescaled gradients equal the two-stage ones, and a tiny run trains."""
+"""One-stage adversarial training: the rescaled gradients equal the two-stage ones exactly where the derivation
+says so (and not elsewhere), the schemes make the updates they claim, and the chapter's checks run."""
 
 from __future__ import annotations
 
@@ -6,18 +7,21 @@ from dataclasses import replace
 
 import pytest
 import torch
-from torch import nn
 
+from nbgraft import gan as G
 from nbgraft import onestage as O
-from nbgraft.models import build
-from nbgraft.models.vgg import student_spec, teacher_spec
-from nbgraft.profiles import get_profile
+from nbgraft.onestage_checks import GAN_CASES, gradient_checks, time_schemes
 
 
 def _gan_batch(z_dim: int, n: int = 12) -> dict:
     g = torch.Generator().manual_seed(3)
     return {"real": torch.rand(n, 3, 32, 32, generator=g, dtype=torch.float64) * 2 - 1,
             "z": torch.randn(n, z_dim, generator=g, dtype=torch.float64)}
+
+
+def _gan(loss: str, batch_norm: bool = False, separate_passes: bool = False) -> G.GanGame:
+    torch.manual_seed(0)
+    return G.GanGame(G.Generator(16, 4).double(), G.Discriminator(4, batch_norm).double(), loss, separate_passes)
 
 
 def test_nonsaturating_factor_is_ratio_of_loss_derivatives():
@@ -31,105 +35,117 @@ def test_nonsaturating_factor_is_ratio_of_loss_derivatives():
 
 @pytest.mark.parametrize("loss", O.GAN_LOSSES)
 def test_gan_one_stage_gradients_equal_two_stage(loss):
-    torch.manual_seed(0)
-    game = O.GanGame(O.Generator(16, 4).double(), O.Discriminator(4).double(), loss)
-    gaps = O.gradient_gap(game, _gan_batch(16))
+    gaps = O.gradient_gap(_gan(loss), _gan_batch(16))
     assert gaps["discriminator"] < 1e-12 and gaps["generator"] < 1e-10, gaps
 
 
-def test_per_sample_factor_is_not_exact_with_batchnorm_in_the_discriminator():
-    """The reason the discriminator has no BatchNorm: batch statistics couple the samples."""
-    torch.manual_seed(0)
-    game = O.GanGame(O.Generator(16, 4).double(), O.Discriminator(4, batch_norm=True).double(), "nonsaturating")
-    gaps = O.gradient_gap(game, _gan_batch(16))
+def test_nonsaturating_factor_is_exact_and_needed_at_spread_logits(monkeypatch):
+    """At init D's logits are ~0.01, where -exp(-o) is ~-1: spread them to |o| of a few units so that the
+    per-sample factor matters, then check it is exact and that -1 in its place is far off."""
+    game = _gan("nonsaturating")
+    last, fake = game.disc[-2], game.gen(_gan_batch(16)["z"]).detach()
+    with torch.no_grad():  # affine rescaling of the last layer: logits with std 2.5 around 0.5
+        o = game.disc(fake)
+        scale = 2.5 / o.std()
+        last.weight.mul_(scale)
+        last.bias.mul_(scale).sub_(o.mean() * scale - 0.5)
+        o_fake = game.disc(fake)
+    assert o_fake.std() > 1 and o_fake.abs().max() > 2 and o_fake.abs().max() < 20, o_fake
+    exact = O.gradient_gap(game, _gan_batch(16))
+    assert exact["discriminator"] < 1e-12 and exact["generator"] < 1e-10, exact
+    monkeypatch.setattr(G, "generator_factor", lambda o, loss: -1.0)  # the mutant: the symmetric game's factor
+    wrong = O.gradient_gap(game, _gan_batch(16))
+    assert wrong["generator"] > 1e-2, wrong
+
+
+def test_batchnorm_minimax_is_exact_with_separate_passes_only():
+    """-1 is exact iff L_G is minus L_D's fake part over the batch D sees: real and fake apart, not together."""
+    apart = O.gradient_gap(_gan("minimax", batch_norm=True, separate_passes=True), _gan_batch(16))
+    assert apart["discriminator"] < 1e-12 and apart["generator"] < 1e-10, apart
+    together = O.gradient_gap(_gan("minimax", batch_norm=True), _gan_batch(16))
+    assert together["discriminator"] < 1e-12 and together["generator"] > 1e-3, together
+
+
+def test_per_sample_factor_is_not_exact_with_batchnorm_even_with_separate_passes():
+    """The reason the discriminator has no BatchNorm: batch statistics couple the fakes with each other."""
+    gaps = O.gradient_gap(_gan("nonsaturating", batch_norm=True, separate_passes=True), _gan_batch(16))
     assert gaps["discriminator"] < 1e-12 and gaps["generator"] > 1e-3, gaps
 
 
-def test_generator_stage_leaves_the_discriminator_without_gradients():
+def test_separate_passes_change_nothing_without_batchnorm():
+    batch = _gan_batch(16)
+    for loss in O.GAN_LOSSES:
+        a, b = _gan(loss), _gan(loss, separate_passes=True)
+        torch.testing.assert_close(a.one_stage(batch)["d_loss"], b.one_stage(batch)["d_loss"])
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_generator_stage_freezes_the_discriminator_or_not(freeze):
     torch.manual_seed(0)
-    game = O.GanGame(O.Generator(16, 4), O.Discriminator(4))
-    game.g_stage({"z2": torch.randn(4, 16)})
-    assert all(p.grad is None for p in game.critic.parameters())
+    game = G.GanGame(G.Generator(16, 4), G.Discriminator(4))
+    game.g_stage({"z2": torch.randn(4, 16)}, freeze=freeze)
+    assert all((p.grad is None) == freeze for p in game.disc.parameters())
     assert all(p.grad is not None for p in game.gen.parameters())
-    assert all(p.requires_grad for p in game.critic.parameters())
+    assert all(p.requires_grad for p in game.disc.parameters())
 
 
-def test_datafree_one_stage_gradients_equal_two_stage_with_train_mode_batchnorm():
-    """-1 is exact for the whole-batch loss, so the student keeps BatchNorm in train mode."""
-    torch.manual_seed(0)
-    t_spec = teacher_spec(10, width=0.0625, batch_norm=True)
-    teacher = build(t_spec).double()
-    with torch.no_grad():  # non-trivial running statistics, so eval mode differs from train mode
-        for m in teacher.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    student = build(student_spec(t_spec, batch_norm=True)).double().train()
-    game = O.DatafreeGame(O.Generator(16, 4).double(), student, teacher)
-    assert any(isinstance(m, nn.BatchNorm2d) and m.training for m in student.modules())
-    gaps = O.gradient_gap(game, {"z": torch.randn(8, 16, dtype=torch.float64)})
-    assert gaps["discriminator"] < 1e-12 and gaps["generator"] < 1e-10, gaps
-    assert not teacher.training and all(p.grad is None for p in teacher.parameters())
+class _Counting(torch.optim.SGD):
+    def __init__(self, params):
+        super().__init__(params, lr=0.0)
+        self.steps = 0
+
+    def step(self, closure=None):
+        self.steps += 1
+        return super().step(closure)
 
 
-def test_frechet_distance_matches_closed_form():
-    g = torch.Generator().manual_seed(0)
-    a = torch.randn(4000, 3, generator=g, dtype=torch.float64)
-    mu = torch.tensor([1.0, 0.0, -1.0], dtype=torch.float64)
-    b = a * 2 + mu  # sample mean 2m + mu, sample covariance exactly 4S for a's m, S
-    # FD = |m - (2m + mu)|^2 + Tr(S + 4S - 2 (S 4S)^1/2) = |m + mu|^2 + Tr(S)
-    expected = (a.mean(0) + mu).square().sum().item() + torch.trace(torch.cov(a.T)).item()
-    assert O.frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
-    assert O.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
-    with pytest.raises(ValueError, match="feature rows"):
-        O.frechet_distance(a, b[:, :2])
+@pytest.mark.parametrize("scheme", O.SCHEMES)
+def test_train_step_makes_every_extra_discriminator_step(scheme):
+    """DFAD's ratio: every scheme makes len(extra) + 1 D updates and one G update per iteration."""
+    game = _gan("nonsaturating")
+    opt_d, opt_g = _Counting(game.disc.parameters()), _Counting(game.gen.parameters())
+    batch = {**_gan_batch(16, 4), "z2": _gan_batch(16, 4)["z"]}
+    O.train_step(game, scheme, opt_d, opt_g, batch, extra=[batch] * 4)
+    assert (opt_d.steps, opt_g.steps) == (5, 1)
 
 
-def test_penultimate_features_feed_the_last_linear_layer():
-    torch.manual_seed(0)
-    teacher = build(teacher_spec(10, width=0.0625, batch_norm=True)).eval()
-    x = torch.randn(6, 3, 32, 32)
-    feats = O.penultimate_features(teacher, x, batch_size=4)
-    assert feats.shape == (6, teacher.spec.hidden)
-    with torch.no_grad():
-        torch.testing.assert_close(teacher.blocks[5][-1](feats), teacher(x))
+def test_noise_stream_is_the_same_for_every_iteration_shape():
+    a, b = O.Noise(8, 4, 0, torch.device("cpu")), O.Noise(8, 4, 0, torch.device("cpu"))
+    batch, extra = a.iteration(3)
+    assert len(extra) == 2
+    torch.testing.assert_close(extra[0]["z"], b()["z"])
 
 
-def test_bad_names_raise_clear_errors():
-    with pytest.raises(ValueError, match="unknown GAN loss"):
-        O.GanGame(O.Generator(4, 2), O.Discriminator(2), "hinge")
-    with pytest.raises(ValueError, match="two_stage"):
-        O.run_gan("three_stage", "tiny")
-    with pytest.raises(ValueError, match="no GAN schedule"):
-        O.gan_schedule(replace(get_profile("tiny"), name="other"))
-
-
-def test_tiny_one_stage_runs_train_and_cache(data_root, tiny_outputs):
-    kw = {"data_root": data_root, "output_root": tiny_outputs, "device": "cpu"}
-    two = O.run_gan("two_stage", "tiny", **kw)
-    one = O.run_gan("one_stage", "tiny", **kw)
-    sched = O.gan_schedule("tiny")
-    assert two["iterations"] == sched.iterations
-    assert one["budget_s"] == pytest.approx(two["train_s"])
-    assert one["train_s"] >= two["train_s"] or one["iterations"] == sched.iterations * O.MAX_ITERATIONS_FACTOR
-    for m in (one, two):
-        assert all(len(m["losses"][k]) == m["iterations"] for k in ("d_loss", "g_loss"))
-        assert m["frechet"] > 0 and m["frechet_real_vs_real"] >= 0
-        assert O.load_samples(m, tiny_outputs).shape == (64, 3, 32, 32)
-    # the generator moved: its samples' Frechet distance changed from the untrained one
-    assert one["checkpoints"][0]["frechet"] != one["checkpoints"][-1]["frechet"]
-    assert O.run_gan("one_stage", "tiny", **kw) == one  # cached
-
-    df = O.run_datafree("one_stage", "tiny", **kw)
-    assert df["real_images"] == 0 and 0 <= df["test_accuracy"] <= 100
-    assert df["at_two_stage_iterations"]["iteration"] <= O.datafree_schedule("tiny").iterations
-    timing = O.time_schemes("datafree", "tiny", **kw)
-    assert set(timing["median_s"]) == set(O.SCHEMES) and all(v > 0 for v in timing["median_s"].values())
+def test_unknown_scheme_raises_before_any_step():
+    game = _gan("nonsaturating")
+    opt_d, opt_g = _Counting(game.disc.parameters()), _Counting(game.gen.parameters())
+    with pytest.raises(ValueError, match="unknown scheme"):
+        O.train_step(game, "three_stage", opt_d, opt_g, _gan_batch(16, 4), extra=[_gan_batch(16, 4)])
+    assert opt_d.steps == 0
 
 
 def test_gradient_checks_on_the_profile_networks(data_root, tiny_outputs):
-    rows = O.gradient_checks("tiny", data_root=data_root, output_root=tiny_outputs, batch_size=6)
-    assert len(rows) == 4
+    rows = gradient_checks("tiny", data_root=data_root, output_root=tiny_outputs, batch_size=6)
+    assert len(rows) == len(GAN_CASES) + 1
+    assert [r["exact_in_theory"] for r in rows] == [True, True, False, True, False, True]
     for r in rows:
-        gap = max(r["discriminator"], r["generator"])
-        assert (gap < 1e-10) if r["exact_in_theory"] else (r["generator"] > 1e-3), r
+        assert r["discriminator"] < 1e-10, r
+        assert (r["generator"] < 1e-10) if r["exact_in_theory"] else (r["generator"] > 1e-3), r
+
+
+@pytest.mark.parametrize("game", ["gan", "datafree"])
+def test_tiny_timing_covers_every_scheme(game, data_root, tiny_outputs):
+    kw = {"data_root": data_root, "output_root": tiny_outputs, "device": "cpu"}
+    t = time_schemes(game, "tiny", **kw)
+    assert set(t["median_s"]) == set(O.SCHEMES) and all(v > 0 for v in t["median_s"].values())
+    assert set(t["ratios"]) == {f"one_stage/{s}" for s in O.SCHEMES if s != "one_stage"}
+    assert t["d_steps"] == (1 if game == "gan" else 2)
+    assert time_schemes(game, "tiny", **kw) == t  # cached
+    with pytest.raises(ValueError, match="unknown schemes"):
+        time_schemes(game, "tiny", schemes=("two_stage", "one_stage", "zero_stage"), **kw)
+
+
+def test_a_runs_cache_key_ignores_the_timing_schedule():
+    sched = G.gan_schedule("tiny")
+    other = replace(sched, timing=O.TimingSchedule(warmup=9))
+    assert O.run_config(other) == O.run_config(sched) and O.run_config(sched)["iterations"] == sched.iterations
