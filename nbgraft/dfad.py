@@ -24,9 +24,9 @@ from .evaluate import predict, report
 from .gan import Generator, book_teacher, generate, to_pixels, to_teacher_input, to_uint8
 from .models import BlockNet, student_net
 from .models.vgg import student_spec
-from .onestage import (Noise, Players, TimingSchedule, check_training_scheme, full, lookup_schedule, rescale_grad,
-                       run_config, train_run)
-from .profiles import get_profile
+from .onestage import (Noise, Players, TimingSchedule, check_training_scheme, full, rescale_grad,
+                       run_config, train_run, wall_clock_budget)
+from .profiles import get_profile, schedule_for
 from .teacher import teacher_test_predictions
 
 SYNTHETIC_SAMPLES = 500  # fresh generated images scored at each checkpoint (teacher classes, student agreement)
@@ -168,7 +168,7 @@ DATAFREE_SCHEDULES = {
 
 
 def datafree_schedule(profile) -> DatafreeSchedule:
-    return lookup_schedule(DATAFREE_SCHEDULES, profile, "data-free")
+    return schedule_for(DATAFREE_SCHEDULES, profile, "data-free")
 
 
 def build_datafree(sched: DatafreeSchedule, teacher: BlockNet, seed: int, device: torch.device) -> Players:
@@ -194,10 +194,9 @@ def run_datafree(scheme: str, profile="cpu", seed: int = 0, *, data_root=None, o
     config = {"game": "datafree", "scheme": scheme, "profile": profile.name, "seed": seed,
               "schedule": run_config(sched), "teacher": teacher_key, "test_limit": profile.test_limit,
               "student": "inherits blocks before first", "generator": "normalised"}
-    budget_s = None
-    if scheme == "one_stage":
-        ref = run_datafree("two_stage", profile, seed, data_root=data_root, output_root=output_root, device=device)
-        budget_s, config["budget_from"] = ref["train_s"], ref["cache_key"]
+    budget_s, budget_key = wall_clock_budget(run_datafree, scheme, profile, seed, data_root=data_root,
+                                             output_root=output_root, device=device)
+    config.update(budget_key)
     entry = Entry(output_root, "datafree", config)
     if entry.done:
         return entry.metrics()

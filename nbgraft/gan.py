@@ -20,8 +20,8 @@ from .cache import Entry, default_output_root
 from .device import pick_device
 from .models import BlockNet
 from .onestage import (GAN_LOSSES, Noise, Players, TimingSchedule, check_training_scheme, full, gan_d_loss, gan_g_loss,
-                       generator_factor, lookup_schedule, rescale_grad, run_config, train_run)
-from .profiles import get_profile
+                       generator_factor, rescale_grad, run_config, train_run, wall_clock_budget)
+from .profiles import get_profile, schedule_for
 from .teacher import get_teacher, teacher_config
 
 
@@ -225,7 +225,7 @@ GAN_SCHEDULES = {
 
 
 def gan_schedule(profile) -> GanSchedule:
-    return lookup_schedule(GAN_SCHEDULES, profile, "GAN")
+    return schedule_for(GAN_SCHEDULES, profile, "GAN")
 
 
 # --------------------------------------------------------------------------- set-up shared with nbgraft.dfad
@@ -266,10 +266,9 @@ def run_gan(scheme: str, profile="cpu", seed: int = 0, *, data_root=None, output
     teacher, tm, teacher_key = book_teacher(profile, data_root, output_root, device)
     config = {"game": "gan", "scheme": scheme, "profile": profile.name, "seed": seed,
               "schedule": run_config(sched), "teacher": teacher_key}
-    budget_s = None
-    if scheme == "one_stage":
-        ref = run_gan("two_stage", profile, seed, data_root=data_root, output_root=output_root, device=device)
-        budget_s, config["budget_from"] = ref["train_s"], ref["cache_key"]
+    budget_s, budget_key = wall_clock_budget(run_gan, scheme, profile, seed, data_root=data_root,
+                                             output_root=output_root, device=device)
+    config.update(budget_key)
     entry = Entry(output_root, "gan", config)
     if entry.done:
         return entry.metrics()

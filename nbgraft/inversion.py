@@ -26,7 +26,7 @@ from . import data as D
 from .cache import Entry
 from .device import pick_device
 from .evaluate import predict
-from .profiles import get_profile
+from .profiles import get_profile, schedule_for
 from .teacher import get_teacher, teacher_config
 
 SOURCES = ("real", "synthetic", "noise")
@@ -60,10 +60,7 @@ SCHEDULES = {
 
 
 def inversion_schedule(profile) -> InversionSchedule:
-    name = get_profile(profile).name
-    if name not in SCHEDULES:
-        raise ValueError(f"no inversion schedule for profile {name!r}; nbgraft.inversion knows {sorted(SCHEDULES)}")
-    return SCHEDULES[name]
+    return schedule_for(SCHEDULES, profile, "inversion")
 
 
 def check_images_per_class(ks, profile) -> None:

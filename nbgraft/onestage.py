@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .profiles import get_profile
 from .training import progress
 
 # two_stage: fresh noise for G's step, D frozen in it (no weight gradients computed); two_stage_unfrozen: the
@@ -269,8 +268,10 @@ def check_training_scheme(scheme: str) -> None:
         raise ValueError(f"training runs use scheme 'two_stage' or 'one_stage', got {scheme!r}")
 
 
-def lookup_schedule(table: dict, profile, what: str):
-    name = get_profile(profile).name
-    if name not in table:
-        raise ValueError(f"no {what} schedule for profile {name!r}; nbgraft knows {sorted(table)}")
-    return table[name]
+def wall_clock_budget(run, scheme: str, profile, seed: int, **kw) -> tuple[float | None, dict]:
+    """A one-stage run gets the two-stage run's training seconds (that run is computed or read first);
+    returns (budget or None, what the one-stage run's cache key records of it)."""
+    if scheme != "one_stage":
+        return None, {}
+    ref = run("two_stage", profile, seed, **kw)
+    return ref["train_s"], {"budget_from": ref["cache_key"]}

@@ -254,6 +254,14 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+def schedule_for(table: dict, profile, what: str):
+    """A per-profile table's entry (chapter 7's GAN, data-free and inversion schedules), or a clear error."""
+    name = get_profile(profile).name
+    if name not in table:
+        raise ValueError(f"no {what} schedule for profile {name!r}; nbgraft knows {sorted(table)}")
+    return table[name]
+
+
 def get_profile(name: str | Profile) -> Profile:
     if isinstance(name, Profile):
         return name
