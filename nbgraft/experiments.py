@@ -87,6 +87,8 @@ class Setting:
 
 
 _BOUNDARIES: dict[tuple, SharedBoundaries] = {}
+# Per teacher: validation and test tensors with the teacher's predictions on them (see prepare).
+_EVAL_TENSORS: dict[tuple, tuple[torch.Tensor, ...]] = {}
 
 
 def prepare(dataset: str, shots: int, seed: int = 0, profile="cpu", *, teacher: str = "vgg16", data_root=None,
@@ -103,9 +105,21 @@ def prepare(dataset: str, shots: int, seed: int = 0, profile="cpu", *, teacher: 
     net, tm = get_teacher(dataset, profile, data_root=data_root, output_root=output_root, device=device,
                           teacher=teacher)
     norm = {"mean": net.spec.mean, "std": net.spec.std}
-    val = _balanced_prefix(data.y_train, split.val, VAL_REPORT_SIZE)
-    x_test, y_test = D.test_arrays(data, profile.test_limit)
-    x_val = D.to_tensor(data.x_train[val], dataset, device, **norm)
+    t_key = Entry(output_root, "teacher", teacher_config(dataset, profile, teacher=teacher, data_root=data_root)).key
+    ev_key = (t_key, str(device), profile.test_limit, profile.val_per_class[dataset])
+    if ev_key not in _EVAL_TENSORS:  # the same for every N and seed: made once per process
+        if len(_EVAL_TENSORS) >= 2:
+            _EVAL_TENSORS.pop(next(iter(_EVAL_TENSORS)))
+        val = _balanced_prefix(data.y_train, split.val, VAL_REPORT_SIZE)
+        x_test, y_test = D.test_arrays(data, profile.test_limit)
+        x_val = D.to_tensor(data.x_train[val], dataset, device, **norm)
+        _EVAL_TENSORS[ev_key] = (
+            x_val, torch.from_numpy(data.y_train[val]).to(device),
+            D.to_tensor(x_test, dataset, device, **norm), torch.from_numpy(y_test).to(device),
+            teacher_test_predictions(dataset, profile, data_root=data_root, output_root=output_root,
+                                     teacher=teacher).to(device),
+            predict(net, x_val).argmax(1))
+    x_val, y_val, x_test, y_test, t_test_pred, t_val_pred = _EVAL_TENSORS[ev_key]
     x, y, image_key = data.x_train[split.few_shot], data.y_train[split.few_shot], None
     if source == "synthetic":
         pool = synthetic_pool(dataset, seed, profile, teacher=teacher, data_root=data_root, output_root=output_root,
@@ -113,16 +127,9 @@ def prepare(dataset: str, shots: int, seed: int = 0, profile="cpu", *, teacher: 
         (x, y), image_key = take(pool, shots), pool["metrics"]["cache_key"]
     elif source == "noise":
         x, y = noise_images(net.num_classes, shots, seed)
-    return Setting(
-        dataset, shots, seed, profile, teacher, net, tm,
-        Entry(output_root, "teacher", teacher_config(dataset, profile, teacher=teacher, data_root=data_root)).key,
-        D.to_tensor(x, dataset, device, **norm), torch.from_numpy(y).to(device),
-        x_val, torch.from_numpy(data.y_train[val]).to(device),
-        D.to_tensor(x_test, dataset, device, **norm), torch.from_numpy(y_test).to(device),
-        teacher_test_predictions(dataset, profile, data_root=data_root, output_root=output_root,
-                                 teacher=teacher).to(device),
-        predict(net, x_val).argmax(1), data.source, source, image_key,
-    )
+    return Setting(dataset, shots, seed, profile, teacher, net, tm, t_key,
+                   D.to_tensor(x, dataset, device, **norm), torch.from_numpy(y).to(device),
+                   x_val, y_val, x_test, y_test, t_test_pred, t_val_pred, data.source, source, image_key)
 
 
 def _balanced_prefix(y: np.ndarray, pool: np.ndarray, size: int) -> np.ndarray:
@@ -235,19 +242,23 @@ def graft_seeds(dataset: str, shots: int, seeds, profile="cpu", *, method: str =
 def untrained_student(dataset: str, shots: int, seed: int = 0, profile="cpu", *, method: str = "netgraft",
                       teacher: str = "vgg16", source: str = "real", data_root=None, output_root=None,
                       device=None) -> dict:
-    """Scores of the student as `method`'s recipe starts it, before any grafting step: what the grafting
-    steps add is measured from here. A student started from the teacher keeps the channels most active
-    on the N images (of `source`), so its starting point depends on them too."""
+    """Scores of the student as `method`'s recipe starts it, before any grafting step (cached): what the
+    grafting steps add is measured from here. A student started from the teacher keeps the channels most
+    active on the N images (of `source`), so its starting point depends on them too."""
     profile = get_profile(profile)
     sched = profile.recipe(method, D.check_dataset(dataset), check_teacher(teacher, dataset))
     s = prepare(dataset, shots, seed, profile, teacher=teacher, data_root=data_root, output_root=output_root,
                 device=device, source=source)
-    parts = new_parts(s.teacher, student_spec_for(s.teacher.spec), seed, sched.init, s.x)
+    s_spec = student_spec_for(s.teacher.spec)
+    entry = Entry(output_root, "untrained", {**_base_config(s, method), "init": sched.init, "student": s_spec})
+    if entry.done:
+        return entry.metrics()
+    parts = new_parts(s.teacher, s_spec, seed, sched.init, s.x)
     student = export_student(s.teacher, parts, folded=True)
     first = parts.first
-    return {"method": method, "shots": shots, "seed": seed, "image_source": source, "init": sched.init,
-            **s.scores_from(s.boundaries("val", first).student_logits(student),
-                            s.boundaries("test", first).student_logits(student))}
+    return entry.finish({"method": method, "shots": shots, "seed": seed, "image_source": source, "init": sched.init,
+                         **s.scores_from(s.boundaries("val", first).student_logits(student),
+                                         s.boundaries("test", first).student_logits(student))})
 
 
 def run_netgraft(dataset: str, shots: int, seed: int = 0, profile="cpu", **kw) -> dict:

@@ -213,3 +213,17 @@ def test_untrained_controls_are_named_and_trained_ones_are_not():
     assert len(lines) == 2
     assert "chance 1%" in lines[0] and "reused here untuned" in lines[0]
     assert "lower with more images" in lines[1] and "13.40" in lines[1]
+
+
+@pytest.mark.slow
+def test_runs_of_one_teacher_share_its_validation_and_test_tensors(data_root, tiny_outputs):
+    from nbgraft.evaluate import predict
+    from nbgraft.experiments import prepare
+
+    a = prepare("cifar10", 2, 0, "tiny", data_root=data_root, output_root=tiny_outputs, device="cpu")
+    b = prepare("cifar10", 3, 1, "tiny", data_root=data_root, output_root=tiny_outputs, device="cpu",
+                source="noise")
+    assert a.x_test is b.x_test and a.x_val is b.x_val  # made once, not once per run
+    assert not torch.equal(a.x[:10], b.x[:10])
+    assert torch.equal(a.teacher_val_pred, predict(a.teacher, a.x_val).argmax(1))
+    assert len(a.teacher_test_pred) == len(a.y_test) == len(b.y_test)
