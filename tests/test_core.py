@@ -208,11 +208,13 @@ def test_untrained_controls_are_named_and_trained_ones_are_not():
     rows += [("cifar100", "vgg16", "kd", n, a) for n, a in ((1, 1.4), (5, 1.1), (10, 1.4))]  # chance
     rows += [("cifar100", "vgg16", "kd_inherited", n, a) for n, a in ((1, 17.1), (5, 13.9), (10, 13.4))]  # falls
     rows += [("cifar100", "vgg16", "netgraft", n, 1.0) for n in (1, 5, 10)]  # not a control
+    rows += [("cifar10", "resnet56", "scratch_inherited", n, 10.0) for n in (1, 5, 10)]  # chance, its own rates
     f = pd.DataFrame(rows, columns=["dataset", "teacher", "method", "shots", "accuracy_mean"])
     lines = report.untrained_controls(f)
-    assert len(lines) == 2
+    assert len(lines) == 3
     assert "chance 1%" in lines[0] and "reused here untuned" in lines[0]
     assert "lower with more images" in lines[1] and "13.40" in lines[1]
+    assert "resnet56" in lines[2] and "probed for this teacher" in lines[2] and "untuned" not in lines[2]
 
 
 @pytest.mark.slow

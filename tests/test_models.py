@@ -68,7 +68,7 @@ def test_resnet_student_exports_as_a_plain_module_that_reloads(tmp_path):
     t_spec = R.teacher_spec(20)
     teacher = _randomise_bn(build(t_spec))
     s_spec = R.student_spec(t_spec)  # the default: stage 3 thinned inside, the streams kept
-    assert s_spec.widths == (16, 32, 64) and s_spec.mids == (16, 32, 24) and not s_spec.batch_norm
+    assert s_spec.widths == (16, 32, 64) and s_spec.mids == (16, 32, 28) and not s_spec.batch_norm
     parts = new_parts(teacher, s_spec, seed=0)
     student = G.export_student(teacher, parts)
     assert not any(isinstance(m, nn.BatchNorm2d) for b in student.blocks[parts.first:] for m in b.modules())
