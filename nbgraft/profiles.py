@@ -206,7 +206,8 @@ _RESNET_NETGRAFT = GraftSchedule(block_epochs=(150,), block_lr=(1e-3,), block_ad
                                  part_test_scores=False)
 # The baselines' SGD rate for the BN-free ResNet student (at the VGG's 0.05 it diverged: 10% at every N), probed on
 # the validation pool (seed 0, N=10, 300 steps): kd_inherited 5e-3 40.8 (with the earlier 24-channel student),
-# 5e-4 50.5, 1.5e-4 39.4; scratch_inherited 5e-3 48.5, 5e-4 38.1. The students from random weights (not run by default) reuse their inherited twins' rates.
+# 5e-4 50.5, 1.5e-4 39.4; scratch_inherited 5e-3 48.5, 5e-4 38.1. The students from random weights (not run by
+# default) reuse their inherited twins' rates.
 _RESNET_BASELINE = {m: BaselineSchedule(steps=300, views=16, lr=5e-4 if m.startswith("kd") else 5e-3)
                     for m in BASELINE_METHODS}
 

@@ -93,8 +93,8 @@ def student_spec(teacher: ResNetSpec, widths: tuple[int, ...] | None = None,
                  mids: tuple[int, ...] | None = None) -> ResNetSpec:
     """The stream widths of each stage (`widths`) and the inner widths of their blocks (`mids`, the first
     conv's output). Default: the teacher's streams, stage 3's blocks thinned inside to 7/16 of their
-    width (64 -> 28 channels in a ResNet-56: 42% fewer parameters, folded), the widest multiple of 4 that keeps
-    the 40% saving chapter 8 aims at; on the validation pool (seed 0) it beat 24 channels by 1.0 point
+    width (64 -> 28 channels in a ResNet-56: 42% fewer parameters, folded), the widest multiple of 4
+    that keeps the 40% saving chapter 8 aims at; on the validation pool (seed 0) it beat 24 channels by 1.0 point
     at N=10 and 2.6 at N=1. No BatchNorm; shape-changing shortcuts are 1x1 convs."""
     if widths is None and mids is None:
         mids = (*teacher.widths[:2], teacher.widths[2] * 7 // 16)
