@@ -55,10 +55,11 @@ class Setting:
     data_source: str
     image_source: str = "real"  # what the N images per class are: see nbgraft.inversion.SOURCES
     image_key: str | None = None  # the synthetic pool's cache key
+    teacher_stamp: tuple = ()  # which stored teacher this is (see _teacher_stamp): keys the per-process memos
 
     def boundaries(self, split: str, first: int) -> SharedBoundaries:
         """The teacher's val or test activations from block `first` on (computed once per process)."""
-        key = (self.teacher_key, split, first, str(self.x.device), len(self.x_test))
+        key = (self.teacher_stamp, split, first, str(self.x.device), len(self.x_test))
         if key not in _BOUNDARIES:
             if len(_BOUNDARIES) >= 4:
                 _BOUNDARIES.pop(next(iter(_BOUNDARIES)))
@@ -105,8 +106,9 @@ def prepare(dataset: str, shots: int, seed: int = 0, profile="cpu", *, teacher: 
     net, tm = get_teacher(dataset, profile, data_root=data_root, output_root=output_root, device=device,
                           teacher=teacher)
     norm = {"mean": net.spec.mean, "std": net.spec.std}
-    t_key = Entry(output_root, "teacher", teacher_config(dataset, profile, teacher=teacher, data_root=data_root)).key
-    ev_key = (t_key, str(device), profile.test_limit, profile.val_per_class[dataset])
+    t_entry = Entry(output_root, "teacher", teacher_config(dataset, profile, teacher=teacher, data_root=data_root))
+    t_key, stamp = t_entry.key, _teacher_stamp(t_entry)
+    ev_key = (stamp, str(device), profile.test_limit, profile.val_per_class[dataset])
     if ev_key not in _EVAL_TENSORS:  # the same for every N and seed: made once per process
         if len(_EVAL_TENSORS) >= 2:
             _EVAL_TENSORS.pop(next(iter(_EVAL_TENSORS)))
@@ -129,7 +131,13 @@ def prepare(dataset: str, shots: int, seed: int = 0, profile="cpu", *, teacher: 
         x, y = noise_images(net.num_classes, shots, seed)
     return Setting(dataset, shots, seed, profile, teacher, net, tm, t_key,
                    D.to_tensor(x, dataset, device, **norm), torch.from_numpy(y).to(device),
-                   x_val, y_val, x_test, y_test, t_test_pred, t_val_pred, data.source, source, image_key)
+                   x_val, y_val, x_test, y_test, t_test_pred, t_val_pred, data.source, source, image_key, stamp)
+
+
+def _teacher_stamp(entry: Entry) -> tuple:
+    """One stored teacher: its folder and when it was finished. Equal cache keys are not enough to share
+    its tensors, since another output root (or a teacher trained again) holds other weights."""
+    return (str(entry.dir.resolve()), entry.path("metrics.json").stat().st_mtime_ns)
 
 
 def _balanced_prefix(y: np.ndarray, pool: np.ndarray, size: int) -> np.ndarray:
