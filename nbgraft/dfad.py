@@ -18,14 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data as D
-from .cache import Entry
 from .device import pick_device
 from .evaluate import predict, report
-from .gan import Generator, book_teacher, generate, to_pixels, to_teacher_input, to_uint8
+from .gan import Generator, book_teacher, game_entry, generate, to_pixels, to_teacher_input, to_uint8
 from .models import BlockNet, student_net
 from .models.vgg import student_spec
-from .onestage import (Noise, Players, TimingSchedule, check_training_scheme, full, rescale_grad,
-                       run_config, train_run, wall_clock_budget)
+from .onestage import Noise, Players, TimingSchedule, check_training_scheme, full, rescale_grad, train_run
 from .profiles import get_profile, schedule_for
 from .teacher import teacher_test_predictions
 
@@ -190,13 +188,10 @@ def run_datafree(scheme: str, profile="cpu", seed: int = 0, *, data_root=None, o
     profile = get_profile(profile)
     sched = datafree_schedule(profile)
     teacher, tm, teacher_key = book_teacher(profile, data_root, output_root, device)
-    config = {"game": "datafree", "scheme": scheme, "profile": profile.name, "seed": seed,
-              "schedule": run_config(sched), "teacher": teacher_key, "test_limit": profile.test_limit,
-              "student": "inherits blocks before first", "generator": "normalised"}
-    budget_s, budget_key = wall_clock_budget(run_datafree, scheme, profile, seed, data_root=data_root,
-                                             output_root=output_root, device=device)
-    config.update(budget_key)
-    entry = Entry(output_root, "datafree", config)
+    entry, budget_s = game_entry(run_datafree, "datafree", scheme, profile, seed, sched, teacher_key,
+                                 data_root=data_root, output_root=output_root, device=device,
+                                 test_limit=profile.test_limit, student="inherits blocks before first",
+                                 generator="normalised")
     if entry.done:
         return entry.metrics()
     entry.start()
@@ -220,7 +215,7 @@ def run_datafree(scheme: str, profile="cpu", seed: int = 0, *, data_root=None, o
     entry.save_tensors("student.pt", m.game.student.state_dict())
     samples = teacher_space_samples(m.game, 64, seed + 3, device)
     entry.save_tensors("samples.pt", to_uint8(to_pixels(samples)))
-    return entry.finish({**config, **log, "budget_s": budget_s, **log["checkpoints"][-1],
+    return entry.finish({**entry.config, **log, "budget_s": budget_s, **log["checkpoints"][-1],
                          "at_two_stage_iterations": at_iterations, "teacher_test_accuracy": tm["test_accuracy"],
                          "first_own_block": m.game.first, "real_images": 0, "device": str(device),
                          "torch_threads": torch.get_num_threads(), "cache_key": entry.key})

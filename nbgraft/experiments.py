@@ -27,7 +27,7 @@ from .inversion import check_source, noise_images, synthetic_pool, take
 from .models import BlockNet, build, family, spec_from_dict
 from .models.inherit import inherit
 from .profiles import BASELINE_METHODS, GRAFT_METHODS, METHODS, get_profile
-from .teacher import check_teacher, get_teacher, teacher_config, teacher_spec_for, teacher_test_predictions
+from .teacher import check_teacher, get_teacher, teacher_entry, teacher_spec_for, teacher_test_predictions
 
 VAL_REPORT_SIZE = 1000  # validation images scored per run (a fixed class-balanced prefix of the pool)
 
@@ -106,7 +106,7 @@ def prepare(dataset: str, shots: int, seed: int = 0, profile="cpu", *, teacher: 
     net, tm = get_teacher(dataset, profile, data_root=data_root, output_root=output_root, device=device,
                           teacher=teacher)
     norm = {"mean": net.spec.mean, "std": net.spec.std}
-    t_entry = Entry(output_root, "teacher", teacher_config(dataset, profile, teacher=teacher, data_root=data_root))
+    t_entry = teacher_entry(dataset, profile, teacher=teacher, data_root=data_root, output_root=output_root)
     t_key, stamp = t_entry.key, _teacher_stamp(t_entry)
     ev_key = (stamp, str(device), profile.test_limit, profile.val_per_class[dataset])
     if ev_key not in _EVAL_TENSORS:  # the same for every N and seed: made once per process

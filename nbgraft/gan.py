@@ -22,7 +22,7 @@ from .models import BlockNet
 from .onestage import (GAN_LOSSES, Noise, Players, TimingSchedule, check_training_scheme, full, gan_d_loss, gan_g_loss,
                        generator_factor, rescale_grad, run_config, train_run, wall_clock_budget)
 from .profiles import get_profile, schedule_for
-from .teacher import get_teacher, teacher_config
+from .teacher import get_teacher, teacher_entry
 
 
 # --------------------------------------------------------------------------- networks
@@ -232,7 +232,18 @@ def gan_schedule(profile) -> GanSchedule:
 def book_teacher(profile, data_root, output_root, device) -> tuple[BlockNet, dict, str]:
     """(the book's CIFAR-10 teacher of this profile, its metrics, its cache key)."""
     teacher, tm = get_teacher("cifar10", profile, data_root=data_root, output_root=output_root, device=device)
-    return teacher, tm, Entry(output_root, "teacher", teacher_config("cifar10", profile, data_root=data_root)).key
+    return teacher, tm, teacher_entry("cifar10", profile, data_root=data_root, output_root=output_root).key
+
+
+def game_entry(run, game: str, scheme: str, profile, seed: int, sched, teacher_key: str, *, data_root=None,
+               output_root=None, device=None, **extra) -> tuple[Entry, float | None]:
+    """The cache entry of one training run of a game (`run` is its runner, e.g. run_gan) and, for a one-stage
+    run, its budget: the two-stage run's training seconds (onestage.wall_clock_budget), recorded in the key."""
+    config = {"game": game, "scheme": scheme, "profile": profile.name, "seed": seed, "schedule": run_config(sched),
+              "teacher": teacher_key, **extra}
+    budget_s, budget_key = wall_clock_budget(run, scheme, profile, seed, data_root=data_root,
+                                             output_root=output_root, device=device)
+    return Entry(output_root, game, {**config, **budget_key}), budget_s
 
 
 def real_pool(profile, data_root) -> tuple[torch.Tensor, np.ndarray, D.ImageData]:
@@ -264,12 +275,8 @@ def run_gan(scheme: str, profile="cpu", seed: int = 0, *, data_root=None, output
     profile = get_profile(profile)
     sched = gan_schedule(profile)
     teacher, tm, teacher_key = book_teacher(profile, data_root, output_root, device)
-    config = {"game": "gan", "scheme": scheme, "profile": profile.name, "seed": seed,
-              "schedule": run_config(sched), "teacher": teacher_key}
-    budget_s, budget_key = wall_clock_budget(run_gan, scheme, profile, seed, data_root=data_root,
-                                             output_root=output_root, device=device)
-    config.update(budget_key)
-    entry = Entry(output_root, "gan", config)
+    entry, budget_s = game_entry(run_gan, "gan", scheme, profile, seed, sched, teacher_key, data_root=data_root,
+                                 output_root=output_root, device=device)
     if entry.done:
         return entry.metrics()
     entry.start()
@@ -287,7 +294,7 @@ def run_gan(scheme: str, profile="cpu", seed: int = 0, *, data_root=None, output
                     budget_s, sched.eval_every, evaluate, f"GAN {scheme}")
     entry.save_tensors("samples.pt", to_uint8(generate(m.game.gen, 64, seed + 3, device)))
     entry.save_tensors("generator.pt", m.game.gen.state_dict())
-    return entry.finish({**config, **log, "budget_s": budget_s, "frechet": log["checkpoints"][-1]["frechet"],
+    return entry.finish({**entry.config, **log, "budget_s": budget_s, "frechet": log["checkpoints"][-1]["frechet"],
                          "frechet_real_vs_real": frechet_distance(train_feat, val_feat), "fd_samples": n_fd,
                          "teacher_test_accuracy": tm["test_accuracy"], "feature_dim": int(val_feat.shape[1]),
                          "device": str(device), "torch_threads": torch.get_num_threads(), "cache_key": entry.key})

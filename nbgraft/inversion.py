@@ -27,7 +27,7 @@ from .cache import Entry
 from .device import pick_device
 from .evaluate import predict
 from .profiles import get_profile, schedule_for
-from .teacher import get_teacher, teacher_config
+from .teacher import get_teacher, teacher_entry
 
 SOURCES = ("real", "synthetic", "noise")
 
@@ -192,7 +192,7 @@ def synthetic_pool(dataset: str, seed: int = 0, profile="cpu", *, teacher: str =
     sched = inversion_schedule(profile)
     net, tm = get_teacher(dataset, profile, data_root=data_root, output_root=output_root, device=device,
                           teacher=teacher)
-    t_key = Entry(output_root, "teacher", teacher_config(dataset, profile, teacher=teacher, data_root=data_root)).key
+    t_key = teacher_entry(dataset, profile, teacher=teacher, data_root=data_root, output_root=output_root).key
     entry = Entry(output_root, "synthetic", {"dataset": dataset, "teacher": t_key, "seed": int(seed),
                                              "schedule": sched, "method": "deepinversion"})
     if not entry.done:

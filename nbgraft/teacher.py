@@ -66,6 +66,12 @@ def teacher_config(dataset: str, profile, seed: int = 0, teacher: str = "vgg16",
             "val_per_class": profile.val_per_class[dataset], "seed": seed, "data": data}
 
 
+def teacher_entry(dataset: str, profile="cpu", *, seed: int = 0, teacher: str = "vgg16", data_root=None,
+                  output_root=None) -> Entry:
+    """The teacher's cache entry (its key is `teacher_config`), whether or not it is trained yet."""
+    return Entry(output_root, "teacher", teacher_config(dataset, profile, seed, teacher, data_root))
+
+
 def spec_from_config(cfg: dict):
     """The teacher's spec from its config (as built, or as read back from JSON)."""
     return spec_from_dict(cfg["spec"])
@@ -75,8 +81,7 @@ def get_teacher(dataset: str, profile="cpu", *, seed: int = 0, data_root=None, o
                 teacher: str = "vgg16") -> tuple[BlockNet, dict]:
     """Return (teacher in eval mode, its metrics), training (or scoring) it first if the cache does not hold it."""
     device = pick_device(device)
-    cfg = teacher_config(dataset, profile, seed, teacher, data_root)
-    entry = Entry(output_root, "teacher", cfg)
+    entry = teacher_entry(dataset, profile, seed=seed, teacher=teacher, data_root=data_root, output_root=output_root)
     with entry.lock():
         try:
             if teacher != "vgg16":
@@ -99,7 +104,7 @@ def get_teacher(dataset: str, profile="cpu", *, seed: int = 0, data_root=None, o
 def teacher_test_predictions(dataset: str, profile="cpu", *, seed: int = 0, data_root=None, output_root=None,
                              teacher: str = "vgg16") -> torch.Tensor:
     """The teacher's predicted class for every test image (saved with it), for agreement scores."""
-    entry = Entry(output_root, "teacher", teacher_config(dataset, profile, seed, teacher, data_root))
+    entry = teacher_entry(dataset, profile, seed=seed, teacher=teacher, data_root=data_root, output_root=output_root)
     try:
         return entry.load_tensors("test_pred.pt")
     except DamagedEntry as err:
