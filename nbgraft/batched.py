@@ -199,7 +199,7 @@ def graft_blocks_stacked(teacher: BlockNet, stacked: StackedParts | LoopedParts,
     S, n = xs.shape[:2]
     L = len(teacher)
     logs = [StageLog() for _ in range(S)]
-    epochs = {i: sched.block_epochs_at(j) for j, i in enumerate(stacked.positions)}
+    epochs = {i: sched.block_epochs_at(j, n) for j, i in enumerate(stacked.positions)}
     positions = [i for i in stacked.positions if epochs[i] > 0]
     if not positions:
         return logs

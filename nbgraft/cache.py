@@ -38,8 +38,8 @@ def default_output_root() -> Path:
 
 
 def _plain(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj):
-        return _plain(dataclasses.asdict(obj))
+    if dataclasses.is_dataclass(obj):  # a class may keep some fields out of its keys (GraftSchedule.cache_fields)
+        return _plain(obj.cache_fields() if hasattr(obj, "cache_fields") else dataclasses.asdict(obj))
     if isinstance(obj, dict):
         return {str(k): _plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

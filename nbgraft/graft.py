@@ -397,7 +397,7 @@ def graft_blocks(teacher: BlockNet, parts: GraftParts, x: torch.Tensor, sched: G
     teacher.eval()
     parts.train()
     log = StageLog()
-    epochs = {i: sched.block_epochs_at(j) for j, i in enumerate(parts.positions)}
+    epochs = {i: sched.block_epochs_at(j, len(x)) for j, i in enumerate(parts.positions)}
     positions = [i for i in parts.positions if epochs[i] > 0]
     if not positions:
         return log

@@ -2,6 +2,7 @@
 
 import copy
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -136,6 +137,20 @@ def test_cache_round_trip_and_atomic_writes(tmp_path):
     assert torch.equal(again.load_tensors("w.pt")["x"], torch.arange(3))
     assert json.loads(again.path("config.json").read_text()) == cfg
     assert not [p for p in e.dir.iterdir() if p.name.startswith(".")]  # no temp files left behind
+
+
+def test_schedule_fields_added_later_leave_earlier_cache_keys_alone():
+    book = get_profile("cpu").recipe("netgraft", "cifar10")
+    # The keys of the book's cpu recipes as they were before `block_images` existed (chapters 5 and 6 re-read them).
+    assert config_hash({"schedule": book}) == "687a2f8bb5f95fb4"
+    assert config_hash({"schedule": get_profile("cpu").recipe("netgraft_paper", "cifar100")}) == "cef1f8bcb942f004"
+    longer = replace(book, block_images=4000)
+    assert config_hash({"schedule": longer}) != config_hash({"schedule": book})
+    assert json.loads(json.dumps(Entry(None, "x", {"schedule": longer}).config))["schedule"]["block_images"] == 4000
+    # The rule itself: at least block_epochs, and at least block_images images seen.
+    assert [longer.block_epochs_at(0, n) for n in (10, 20, 40, 1000)] == [400, 200, 200, 200]
+    assert book.block_epochs_at(0, 10) == book.block_epochs[0]
+    assert replace(longer, block_epochs=(0,)).block_epochs_at(0, 10) == 0  # a skipped block stage stays skipped
 
 
 def test_interrupted_teacher_training_resumes_to_the_same_weights(tmp_path, data_root, monkeypatch):

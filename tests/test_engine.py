@@ -82,6 +82,17 @@ def test_joint_block_stage_equals_sequential(settings):
         assert torch.equal(a, b), name
 
 
+def test_block_images_lengthens_the_block_stage_alike_in_both_engines(settings):
+    """With `block_images`, a block trains until it has seen that many images (here 5 epochs of 2)."""
+    s = settings[0]
+    sched = _sched(block_epochs=(2,), block_images=5 * len(s.x))
+    log = graft_blocks(s.teacher, _fresh_parts(s.teacher, 0), s.x, sched, SHOTS, seed=0)
+    assert [len(v) for v in log.losses.values()] == [5] * len(log.losses)
+    stacked = LoopedParts([_fresh_parts(s.teacher, 0)])
+    (log_b,) = graft_blocks_stacked(s.teacher, stacked, s.x[None], sched, SHOTS, [0])
+    assert [len(v) for v in log_b.losses.values()] == [5] * len(log.losses)
+
+
 # --------------------------------------------------------------------------- teacher passes
 def _count_teacher_passes(teacher):
     """Calls of the teacher's first block: every full (or prefix) teacher pass starts there."""
