@@ -554,13 +554,12 @@ display(Markdown(
 # NetGraft then runs on K = 1, 5 and 10 synthetic images per class, beside the real images at the same N
 # and, at K = 10, the noise control; three seeds each (the seed picks the synthetic pool, the noise and the
 # real draw, and the student's initialisation). The data-free runs score their grafted parts on the
-# validation pool only (the chapter reports each student's last epoch), which saves a sixth of their time.
+# validation pool only (the chapter reports each student's last epoch; `experiments.recipe_for`), which
+# saves a sixth of their time.
 
 # %%
 ks = {"synthetic": images_per_class, "noise": noise_images_per_class, "real": images_per_class}
-runs = {src: {k: graft_seeds(dataset, k, netgraft_seeds, prof, source=src, **kw,
-                             **({} if src == "real" else {"part_test_scores": False})) for k in ks[src]}
-        for src in ks}
+runs = {src: {k: graft_seeds(dataset, k, netgraft_seeds, prof, source=src, **kw) for k in ks[src]} for src in ks}
 dfn = report.source_rows([m for by_k in runs.values() for ms in by_k.values() for m in ms])
 plots.save_table(dfn, "07_datafree_netgraft", output_root)
 display(dfn.round(2))

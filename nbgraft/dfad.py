@@ -20,7 +20,8 @@ from torch import nn
 from . import data as D
 from .device import pick_device
 from .evaluate import predict, report
-from .gan import Generator, book_teacher, game_entry, generate, to_pixels, to_teacher_input, to_uint8
+from .gan import (Generator, book_teacher, game_entry, generate, tanh_pixels_to_uint8, to_pixels,
+                  to_teacher_input)
 from .models import BlockNet, student_net
 from .models.vgg import student_spec
 from .onestage import Noise, Players, TimingSchedule, check_training_scheme, full, rescale_grad, train_run
@@ -214,7 +215,7 @@ def run_datafree(scheme: str, profile="cpu", seed: int = 0, *, data_root=None, o
     at_iterations = next(c for c in log["checkpoints"] if c["iteration"] == min(sched.iterations, log["iterations"]))
     entry.save_tensors("student.pt", m.game.student.state_dict())
     samples = teacher_space_samples(m.game, 64, seed + 3, device)
-    entry.save_tensors("samples.pt", to_uint8(to_pixels(samples)))
+    entry.save_tensors("samples.pt", tanh_pixels_to_uint8(to_pixels(samples)))
     return entry.finish({**entry.config, **log, "budget_s": budget_s, **log["checkpoints"][-1],
                          "at_two_stage_iterations": at_iterations, "teacher_test_accuracy": tm["test_accuracy"],
                          "first_own_block": m.game.first, "real_images": 0, "device": str(device),

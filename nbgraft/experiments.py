@@ -26,7 +26,7 @@ from .graft import GraftParts, export_student
 from .inversion import check_source, noise_images, synthetic_pool, take
 from .models import BlockNet, build, family, spec_from_dict
 from .models.inherit import inherit
-from .profiles import BASELINE_METHODS, GRAFT_METHODS, METHODS, get_profile
+from .profiles import BASELINE_METHODS, GRAFT_METHODS, METHODS, GraftSchedule, get_profile
 from .teacher import check_teacher, get_teacher, teacher_entry, teacher_spec_for, teacher_test_predictions
 
 VAL_REPORT_SIZE = 1000  # validation images scored per run (a fixed class-balanced prefix of the pool)
@@ -226,7 +226,7 @@ def graft_seeds(dataset: str, shots: int, seeds, profile="cpu", *, method: str =
         raise ValueError(f"{method!r} is not a grafting recipe; use one of {', '.join(GRAFT_METHODS)}")
     profile = get_profile(profile)
     dataset = D.check_dataset(dataset)
-    sched = replace(profile.recipe(method, dataset, check_teacher(teacher, dataset)), **schedule_overrides)
+    sched = replace(recipe_for(profile, method, dataset, check_teacher(teacher, dataset), source), **schedule_overrides)
     s_spec = student_spec_for(teacher_spec_for(dataset, profile, teacher), student)
     kw = {"teacher": teacher, "data_root": data_root, "output_root": output_root, "device": device}
     settings = [prepare(dataset, shots, seed, profile, source=source, **kw) for seed in seeds]
@@ -245,6 +245,14 @@ def graft_seeds(dataset: str, shots: int, seeds, profile="cpu", *, method: str =
                     entries[k].save_tensors(name, obj)
                 entries[k].finish({**metrics, "cache_key": entries[k].key})
     return [e.metrics() for e in entries]
+
+
+def recipe_for(profile, method: str, dataset: str, teacher: str = "vgg16", source: str = "real") -> GraftSchedule:
+    """The schedule of a grafting run: the profile's recipe, except that a run on images made without real data
+    scores its grafted parts on the validation pool only (a data-free student is reported at its last epoch;
+    chapter 7 and `nbgraft graft --images` share these runs)."""
+    sched = get_profile(profile).recipe(method, dataset, teacher)
+    return sched if check_source(source) == "real" else replace(sched, part_test_scores=False)
 
 
 def untrained_student(dataset: str, shots: int, seed: int = 0, profile="cpu", *, method: str = "netgraft",
@@ -423,7 +431,8 @@ def cached_runs(method: str, output_root=None, *, profile=None, dataset: str | N
     if profile is None or dataset is None:
         raise ValueError("give both profile and dataset, or neither")
     profile, dataset = get_profile(profile), D.check_dataset(dataset)
-    own = json.loads(json.dumps(_plain(profile.recipe(method, dataset, teacher))))
+    own = json.loads(json.dumps(_plain(recipe_for(profile, method, dataset, teacher, source)
+                                       if method in GRAFT_METHODS else profile.recipe(method, dataset, teacher))))
     student = json.loads(json.dumps(_plain(student_spec_for(teacher_spec_for(dataset, profile, teacher)))))
     return [m for m in runs if m.get("dataset") == dataset and m.get("profile") == profile.name
             and m.get("teacher_name", "vgg16") == teacher and m.get("schedule") == own

@@ -97,7 +97,8 @@ def to_pixels(x: torch.Tensor, dataset: str = "cifar10") -> torch.Tensor:
     return (x * std + mean) * 2 - 1
 
 
-def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+def tanh_pixels_to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    """A generator's pixels in [-1, 1] -> 8-bit pixels (for the stored samples)."""
     return ((pixels.detach().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu()
 
 
@@ -292,7 +293,7 @@ def run_gan(scheme: str, profile="cpu", seed: int = 0, *, data_root=None, output
 
     log = train_run(m, scheme, Noise(sched.z_dim, sched.batch_size, seed + 1, device, real), sched.iterations,
                     budget_s, sched.eval_every, evaluate, f"GAN {scheme}")
-    entry.save_tensors("samples.pt", to_uint8(generate(m.game.gen, 64, seed + 3, device)))
+    entry.save_tensors("samples.pt", tanh_pixels_to_uint8(generate(m.game.gen, 64, seed + 3, device)))
     entry.save_tensors("generator.pt", m.game.gen.state_dict())
     return entry.finish({**entry.config, **log, "budget_s": budget_s, "frechet": log["checkpoints"][-1]["frechet"],
                          "frechet_real_vs_real": frechet_distance(train_feat, val_feat), "fd_samples": n_fd,

@@ -118,7 +118,7 @@ def pixel_bounds(mean, std, device) -> tuple[torch.Tensor, torch.Tensor]:
     return (0 - m) / s, (1 - m) / s
 
 
-def to_uint8(x: torch.Tensor, mean, std) -> np.ndarray:
+def teacher_input_to_uint8(x: torch.Tensor, mean, std) -> np.ndarray:
     """Teacher-input tensor (NCHW) -> 8-bit images (NHWC), as a data set stores them."""
     m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
     s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
@@ -208,7 +208,7 @@ def _make_pool(entry: Entry, net, tm: dict, sched: InversionSchedule, dataset: s
     t0 = time.perf_counter()
     x, log = invert(net, labels, sched, seed, mean, std)
     wall = time.perf_counter() - t0
-    images = to_uint8(x, mean, std)  # scored as NetGraft will read them
+    images = teacher_input_to_uint8(x, mean, std)  # scored as NetGraft will read them
     pred = predict(net, D.to_tensor(images, dataset, device, mean=mean, std=std)).argmax(1)
     hit = (pred == labels).float()
     entry.start()

@@ -40,7 +40,7 @@ def test_penultimate_features_feed_the_last_linear_layer():
 def test_pixels_and_teacher_space_round_trip():
     x = torch.rand(2, 3, 4, 4) * 2 - 1
     torch.testing.assert_close(G.to_pixels(G.to_teacher_input(x)), x)
-    assert G.to_uint8(torch.tensor([-1.0, 0.0, 1.0, 3.0])).tolist() == [0, 128, 255, 255]
+    assert G.tanh_pixels_to_uint8(torch.tensor([-1.0, 0.0, 1.0, 3.0])).tolist() == [0, 128, 255, 255]
 
 
 def test_bad_names_raise_clear_errors():

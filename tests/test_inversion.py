@@ -35,7 +35,7 @@ def test_uint8_round_trip_and_bounds():
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
     lo, hi = I.pixel_bounds(mean, std, "cpu")
     x = torch.cat([lo, hi, (lo + hi) / 2]).expand(3, 3, 4, 4)
-    img = I.to_uint8(x, mean, std)
+    img = I.teacher_input_to_uint8(x, mean, std)
     assert img.dtype == np.uint8 and img.shape == (3, 4, 4, 3)
     assert (img[0] == 0).all() and (img[1] == 255).all() and (np.abs(img[2].astype(int) - 128) <= 1).all()
 
@@ -85,6 +85,11 @@ def test_netgraft_on_synthetic_and_noise_images_has_its_own_entries(data_root, t
     assert len(keys) == 3
     assert (real.get("image_source"), synth["image_source"], noise["image_source"]) == ("real", "synthetic", "noise")
     assert synth["images"] == noise["images"] == 10
+    # Data-free runs score their parts on the validation pool only, whoever asks (chapter 7 or the command line).
+    assert (real["schedule"]["part_test_scores"], synth["schedule"]["part_test_scores"],
+            noise["schedule"]["part_test_scores"]) == (True, False, False)
+    assert not any("test_accuracy" in sc for sc in synth["blocks"].values())
+    assert synth["blocks"] and all("test_accuracy" in sc for sc in real["blocks"].values())
     assert {m["cache_key"] for m in cached_runs("netgraft", tiny_outputs, profile="tiny", dataset="cifar10")} \
         >= {real["cache_key"]}
     assert synth["cache_key"] not in {m["cache_key"] for m in cached_runs("netgraft", tiny_outputs, profile="tiny",
