@@ -50,14 +50,16 @@ def _run_unit(unit: list[Run], profile, data_root, output_root, device, threads:
 def run_sweep_ray(grid: str | Grid | Mapping | Iterable[Mapping] = "default", profile="cpu", *,
                   address: str | None = None, num_cpus: int | None = None, data_root=None, output_root=None,
                   device=None, table_name: str = "06_sweep", batch_seeds: bool = True, threads_per_task: int = 1,
-                  max_retries: int = 2, on_unit: Callable[[list[Run]], None] | None = None) -> pd.DataFrame:
+                  max_retries: int = 2, on_unit: Callable[[list[Run]], None] | None = None,
+                  on_run: Callable[[Run, dict], None] | None = None) -> pd.DataFrame:
     """Run (or read back) every run of `grid` as Ray tasks; the table is the local executor's.
 
     `address`: None starts a local Ray instance (`num_cpus` slots, default all cores) unless this process
     is already connected; "auto" or "HOST:PORT" joins a running cluster. Each task takes one GPU where the
     cluster has GPUs, else `threads_per_task` CPUs. Ray retries a task whose worker died `max_retries`
     times; a unit that still fails is reported by SweepIncomplete after every other unit has finished.
-    `on_unit(unit)` is called after each finished unit (progress hooks, tests).
+    `on_unit(unit)` is called after each finished unit (progress hooks, tests), after `on_run(run, metrics)`
+    for each of its runs (the local executor's hook).
     """
     ray = _ray()
     profile = get_profile(profile)
@@ -83,12 +85,15 @@ def run_sweep_ray(grid: str | Grid | Mapping | Iterable[Mapping] = "default", pr
             (ref,), _ = ray.wait(list(pending), num_returns=1)
             unit = pending.pop(ref)
             try:
-                for run, metrics in zip(unit, ray.get(ref)):
-                    rows[run] = result_row(run, metrics, profile)
+                done = list(zip(unit, ray.get(ref)))
             except ray.exceptions.RayError as err:
                 failed.append((unit, err))
                 continue
+            for run, metrics in done:
+                rows[run] = result_row(run, metrics, profile)
             save_table(results_table([rows[r] for r in sorted(rows, key=order.get)]), table_name, output_root)
+            for run, metrics in done if on_run is not None else ():
+                on_run(run, metrics)
             if on_unit is not None:
                 on_unit(unit)
     finally:

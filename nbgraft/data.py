@@ -247,14 +247,18 @@ def to_tensor(x: np.ndarray, name: str, device: torch.device | str = "cpu", mean
     """uint8 NHWC -> normalised float32 NCHW on `device`: by the data set's channel statistics, or by the
     `mean`/`std` a network expects (a published teacher's, say)."""
     t = torch.from_numpy(np.ascontiguousarray(x)).to(device).permute(0, 3, 1, 2).float().div_(255)
-    mean = torch.tensor(MEAN[name] if mean is None else mean, device=t.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD[name] if std is None else std, device=t.device).view(1, 3, 1, 1)
+    mean, std = channel_stats(MEAN[name] if mean is None else mean, STD[name] if std is None else std, t.device)
     return ((t - mean) / std).contiguous()
 
 
+def channel_stats(mean, std, device, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std as (1, 3, 1, 1) tensors, to normalise or restore NCHW images."""
+    return (torch.tensor(mean, device=device, dtype=dtype).view(1, 3, 1, 1),
+            torch.tensor(std, device=device, dtype=dtype).view(1, 3, 1, 1))
+
+
 def denormalise(x: torch.Tensor, name: str) -> torch.Tensor:
-    mean = torch.tensor(MEAN[name], device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD[name], device=x.device).view(1, 3, 1, 1)
+    mean, std = channel_stats(MEAN[name], STD[name], x.device)
     return (x * std + mean).clamp(0, 1)
 
 

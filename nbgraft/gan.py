@@ -81,8 +81,7 @@ def _dcgan_init(model: nn.Module) -> None:
 
 
 def _stats(x: torch.Tensor, dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
-    return (torch.tensor(D.MEAN[dataset], device=x.device, dtype=x.dtype).view(1, 3, 1, 1),
-            torch.tensor(D.STD[dataset], device=x.device, dtype=x.dtype).view(1, 3, 1, 1))
+    return D.channel_stats(D.MEAN[dataset], D.STD[dataset], x.device, x.dtype)
 
 
 def to_teacher_input(pixels: torch.Tensor, dataset: str = "cifar10") -> torch.Tensor:

@@ -113,15 +113,13 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
 
 def pixel_bounds(mean, std, device) -> tuple[torch.Tensor, torch.Tensor]:
     """The teacher-input values of pixels 0 and 1, per channel."""
-    m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    m, s = D.channel_stats(mean, std, device)
     return (0 - m) / s, (1 - m) / s
 
 
 def teacher_input_to_uint8(x: torch.Tensor, mean, std) -> np.ndarray:
     """Teacher-input tensor (NCHW) -> 8-bit images (NHWC), as a data set stores them."""
-    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    m, s = D.channel_stats(mean, std, x.device)
     pixels = (x * s + m).clamp(0, 1).mul(255).round().to(torch.uint8)
     return pixels.permute(0, 2, 3, 1).cpu().numpy()
 

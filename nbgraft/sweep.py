@@ -268,7 +268,7 @@ def run_sweep(grid: str | Grid | Mapping | Iterable[Mapping] = "default", profil
         from .cluster import run_sweep_ray
 
         return run_sweep_ray(grid, profile, address=address, data_root=data_root, output_root=output_root,
-                             device=device, table_name=table_name, batch_seeds=batch_seeds)
+                             device=device, table_name=table_name, batch_seeds=batch_seeds, on_run=on_run)
     if executor != "local":
         raise ValueError(f"unknown executor {executor!r}; use 'local' (in this process) or 'ray'")
     profile = get_profile(profile)

@@ -51,9 +51,11 @@ def _root_with_teacher(local_root, tmp_path_factory, name):
 def test_ray_rows_equal_local_rows(local_ray, local_table, data_root, tmp_path_factory):
     local_root, local = local_table
     root = _root_with_teacher(local_root, tmp_path_factory, "ray")
-    table = run_sweep_ray(GRID, "tiny", data_root=data_root, output_root=root, device="cpu", batch_seeds=False,
-                          table_name="sweep_ray")
+    seen = []  # through the sweep's own entry point, with its per-run hook
+    table = S.run_sweep(GRID, "tiny", data_root=data_root, output_root=root, device="cpu", batch_seeds=False,
+                        table_name="sweep_ray", executor="ray", on_run=lambda run, m: seen.append(m["cache_key"]))
     assert len(table) == 4 and table["cache_key"].is_unique
+    assert sorted(seen) == sorted(table["cache_key"])
     pd.testing.assert_frame_equal(table[SAME], local[SAME])  # trained apart, on the same thread count
     assert pd.read_csv(root / "tables" / "sweep_ray.csv")[["cache_key"]].equals(table[["cache_key"]])
 
