@@ -82,23 +82,31 @@ def get_teacher(dataset: str, profile="cpu", *, seed: int = 0, data_root=None, o
     """Return (teacher in eval mode, its metrics), training (or scoring) it first if the cache does not hold it."""
     device = pick_device(device)
     entry = teacher_entry(dataset, profile, seed=seed, teacher=teacher, data_root=data_root, output_root=output_root)
+
+    def load() -> tuple[BlockNet, dict]:
+        if teacher != "vgg16":
+            return _published(teacher, entry, get_profile(profile), data_root, device)
+        seed_everything(seed)  # the initial weights are part of the experiment
+        model = build(spec_from_config(entry.config)).to(device)
+        if not entry.done:
+            _train(model, entry, get_profile(profile), data_root, device)
+        load_state(model, entry.load_tensors("model.pt", device), f"teacher checkpoint {entry.path('model.pt')}")
+        entry.load_tensors("test_pred.pt")
+        return model.eval().requires_grad_(False), entry.metrics()
+
+    if entry.done:  # finished (its files were written before metrics.json): read it without queueing for the lock
+        try:
+            return load()
+        except DamagedEntry:
+            pass  # moved aside under the lock, below
     with entry.lock():
         try:
-            if teacher != "vgg16":
-                return _published(teacher, entry, get_profile(profile), data_root, device)
-            seed_everything(seed)  # the initial weights are part of the experiment
-            model = build(spec_from_config(entry.config)).to(device)
-            if not entry.done:
-                _train(model, entry, get_profile(profile), data_root, device)
-            load_state(model, entry.load_tensors("model.pt", device), f"teacher checkpoint {entry.path('model.pt')}")
-            entry.load_tensors("test_pred.pt")
+            return load()
         except DamagedEntry as err:
             entry.quarantine(str(err))
-    if not entry.done:  # it was damaged: computed again from scratch
-        return get_teacher(dataset, profile, seed=seed, data_root=data_root, output_root=output_root, device=device,
-                           teacher=teacher)
-    model.eval().requires_grad_(False)
-    return model, entry.metrics()
+    # It was damaged: computed again from scratch.
+    return get_teacher(dataset, profile, seed=seed, data_root=data_root, output_root=output_root, device=device,
+                       teacher=teacher)
 
 
 def teacher_test_predictions(dataset: str, profile="cpu", *, seed: int = 0, data_root=None, output_root=None,
