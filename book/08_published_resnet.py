@@ -119,8 +119,9 @@ display(Markdown(
 # %% [markdown]
 # ## NetGraft against the baselines
 #
-# The book's recipe (students started from the teacher, feature and logit losses, mixup), the paper's
-# recipe at this budget (random student blocks, logits only), and the students that keep the
+# The book's recipe (students started from the teacher, losses on the teacher's features, or on its
+# logits where a part ends the network, mixup; for this teacher, no net stage), the paper's recipe at
+# this budget (random student blocks, logits only), and the students that keep the
 # teacher's units before the first thin one and train the rest from random weights, by KD from the
 # teacher's logits or from the labels. Students trained entirely from random weights are left out by
 # default: a ResNet-56-sized network trained from scratch costs minutes per run on two CPU cores,
