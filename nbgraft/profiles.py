@@ -257,6 +257,7 @@ PROFILES: dict[str, Profile] = {
     "cpu": Profile(
         name="cpu", width=0.25, batch_norm=True,
         # CIFAR-100's teacher gets half the epochs so the whole book stays near an hour on 2 cores.
+        # CIFAR-10 at 20 epochs instead of 30 (validation pool): 87.30 vs 87.84 %, 19.8 vs ~29 min here; kept at 30.
         teacher={"cifar10": TeacherSchedule(epochs=30), "cifar100": TeacherSchedule(epochs=15)},
         recipes={
             **_recipes("vgg16", DATASETS, netgraft=_CPU_NETGRAFT, netgraft_paper=_CPU_PAPER, **_CPU_BASELINE),
