@@ -92,8 +92,9 @@ def run_sweep_ray(grid: str | Grid | Mapping | Iterable[Mapping] = "default", pr
             for run, metrics in done:
                 rows[run] = result_row(run, metrics, profile)
             save_table(results_table([rows[r] for r in sorted(rows, key=order.get)]), table_name, output_root)
-            for run, metrics in done if on_run is not None else ():
-                on_run(run, metrics)
+            if on_run is not None:
+                for run, metrics in done:
+                    on_run(run, metrics)
             if on_unit is not None:
                 on_unit(unit)
     finally:
