@@ -154,6 +154,39 @@ def test_teacher_init_with_half_the_channels_starts_as_the_pruned_teacher_and_fo
         assert err[1] <= err[0] + 1e-6, (i, err)
 
 
+def test_vgg_max_pool_gives_pytorchs_values_gradients_and_strides():
+    """The channels-last pooling is a speed-up only: the same outputs, the same gradients (ties included: a
+    ReLU's zeros, equal positive values) and the usual strides, also for (B, C, 1, 1) maps whose contiguous()
+    would keep channels-last strides and steer later convolutions to other kernels."""
+    gen = torch.Generator().manual_seed(0)
+    for shape in [(6, 5, 8, 8), (3, 4, 2, 2), (2, 3, 7, 6)]:
+        x = torch.relu(torch.randn(shape, generator=gen))
+        x[:, :, ::3, ::2] = 0.5
+        grad = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2, generator=gen)
+        outs = []
+        for pool in (nn.MaxPool2d(2), V.MaxPool(2)):
+            xi = x.clone().requires_grad_()
+            y = pool(xi)
+            y.backward(grad)
+            outs.append((y, xi.grad))
+            with torch.no_grad():
+                assert torch.equal(pool(x), y)
+        (y0, g0), (y1, g1) = outs
+        assert torch.equal(y0, y1) and torch.equal(g0, g1), shape
+        assert y1.stride() == y0.stride() and g1.stride() == g0.stride(), shape
+
+
+def test_grafted_train_sets_the_scion_and_keeps_the_teacher_in_eval():
+    prof = get_profile("tiny")
+    teacher = build(V.teacher_spec(10, prof.width, prof.batch_norm)).train()
+    parts = new_parts(teacher, V.student_spec(teacher.spec), seed=0)
+    g = G.Grafted(teacher, parts, parts.first, len(teacher) - 1).train()
+    assert g.training and all(m.training for m in g.scion.modules())
+    assert not any(m.training for m in teacher.modules())
+    g.eval()
+    assert not g.training and not any(m.training for m in g.scion.modules())
+
+
 def test_default_vgg_student_has_no_batchnorm():
     prof = get_profile("cpu")
     t_spec = V.teacher_spec(10, prof.width, prof.batch_norm)
