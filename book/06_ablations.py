@@ -114,17 +114,21 @@ plt.show()
 lines = []
 for ds in shown_ds:
     sub = comparison[comparison.dataset == ds].pivot_table(index="shots", columns="method", values="accuracy_mean")
-    seeds_per_n = comparison[comparison.dataset == ds].groupby("shots")["seeds"].min()
+    nseeds = comparison[comparison.dataset == ds].pivot_table(index="shots", columns="method", values="seeds")
+
+    def seeds_of(n: int, m: str) -> str:
+        return f"{int(nseeds.loc[n, m])} seed{'s' if nseeds.loc[n, m] > 1 else ''}"
+
     for n, row in sub.iterrows():
         others = [m for m in ("netgraft_paper", "kd_inherited", "kd") if m in row.index and np.isfinite(row[m])]
         if "netgraft" not in row.index or not others:
             continue
-        gaps = ", ".join(f"{row['netgraft'] - row[m]:+.1f} points vs {label(m)}" for m in others)
-        lines.append(f"- {ds}, N={n} ({seeds_per_n[n]} seed{'s' if seeds_per_n[n] > 1 else ''}): NetGraft "
-                     f"{row['netgraft']:.1f}% ({row['netgraft'] - teacher_acc[ds]:+.1f} points from the teacher's "
-                     f"{teacher_acc[ds]:.1f}%); {gaps}.")
-display(Markdown("Mean test accuracy of NetGraft (book's recipe), and its difference to the paper's recipe and "
-                 "the KD baselines on the same draws:\n\n"
+        gaps = ", ".join(f"{row['netgraft'] - row[m]:+.1f} points vs {label(m)} ({seeds_of(n, m)})" for m in others)
+        lines.append(f"- {ds}, N={n}: NetGraft {row['netgraft']:.1f}% ({seeds_of(n, 'netgraft')}; "
+                     f"{row['netgraft'] - teacher_acc[ds]:+.1f} points from the teacher's {teacher_acc[ds]:.1f}%); "
+                     f"{gaps}.")
+display(Markdown("Mean test accuracy of NetGraft (book's recipe), and the difference of its mean to the means of "
+                 "the paper's recipe and the KD baselines (seed s draws the same images for every method):\n\n"
                  + "\n".join(lines)))
 
 # %% [markdown]
@@ -148,7 +152,8 @@ for ax, ((ds, n), sub) in zip(axes[0], groups):
     ax.axvline(0, color="0.2", linewidth=0.8)
     ax.set_yticks(y, [label(m) for m in sub.method], fontsize=7)
     nseeds = int(sub.seeds.min())
-    ax.set(xlabel="difference to its recipe (points)", title=f"{ds}, N={n} ({nseeds} seed{'s' if nseeds > 1 else ''})")
+    ax.set_title(f"{ds}, N={n}\n({nseeds} seed{'s' if nseeds > 1 else ''})", fontsize=9)
+fig.supxlabel("variant minus its recipe (points)", fontsize=9)
 fig.tight_layout()
 plots.save_figure(fig, "06_ablations", output_root)
 plt.show()
