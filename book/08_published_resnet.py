@@ -232,12 +232,19 @@ plots.save_table(comp, "08_resnet_compression", output_root)
 display(comp.round(3).style.hide(axis="index"))
 folds = pd.DataFrame([{"shots": m["shots"], "seed": m["seed"], "max_abs_logit_diff": m["fold_max_abs_logit_diff"],
                        "same_predictions": m["fold_same_predictions"]} for m in netgraft_runs])
+# Folding only merges adapter pairs; a student whose unit boundaries keep the teacher's widths has none.
+has_adapters = any(m["unfolded_params"] != m["student_params"] for m in netgraft_runs)
 display(Markdown(
     f"On {threads} threads, a batch of 128 takes {comp.cpu_latency_ms_batch128.iloc[1]:.1f} ms against the teacher's "
-    f"{comp.cpu_latency_ms_batch128.iloc[0]:.1f} ms. Folding the adapter pairs changed the test logits by at most "
-    f"{folds.max_abs_logit_diff.max():.1e} over {len(folds)} runs"
-    + (" and no prediction." if folds.same_predictions.all() else
-       f"; a prediction changed in {int((~folds.same_predictions).sum())} run(s) (a tie within rounding).")))
+    f"{comp.cpu_latency_ms_batch128.iloc[0]:.1f} ms. "
+    + ((f"Folding the adapter pairs changed the test logits by at most {folds.max_abs_logit_diff.max():.1e} over "
+        f"{len(folds)} runs" + (" and no prediction." if folds.same_predictions.all() else
+                                f"; a prediction changed in {int((~folds.same_predictions).sum())} run(s) "
+                                "(a tie within rounding)."))
+       if has_adapters else
+       "This student keeps the teacher's widths at every unit boundary (only inner widths of residual blocks "
+       "change), so grafting needs no adapters and there is nothing to fold: the exported student is the "
+       "grafted network as trained.")))
 
 # %% [markdown]
 # ## Bring your own teacher
