@@ -167,7 +167,7 @@ FULL = Grid((Cross(DATASETS, PAPER_SHOTS, SEEDS, COMPARISON), Cross(DATASETS, (1
 # (every method at 1, 5 and 10 shots: the book's NetGraft with three seeds on both data sets, the paper's
 # recipe and the students keeping the teacher's blocks with three on CIFAR-10 and one on CIFAR-100, the
 # from-random students with one) and the ablations with three seeds at 1 and 10 shots on CIFAR-10 and at 10 on
-# CIFAR-100 (26 min of 2 cores beyond chapter 5's runs; `grid="full"` adds CIFAR-100 at 1 shot). tiny
+# CIFAR-100 (the latter 26 min of 2 cores beyond chapter 5's runs; `grid="full"` adds CIFAR-100 at 1 shot). tiny
 # matches the grid the tests give the chapters, so the chapter re-reads their runs.
 DEFAULT: dict[str, Grid] = {
     "paper": FULL,
