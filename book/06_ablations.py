@@ -79,6 +79,11 @@ def label(method: str) -> str:
     return S.VARIANT_LABELS.get(method) or report.METHOD_LABELS[method]
 
 
+def n_seeds(k) -> str:
+    """'1 seed', '3 seeds'."""
+    return f"{int(k)} seed{'s' if k > 1 else ''}"
+
+
 def shots_axis(ax, ns) -> None:
     """Log-spaced N axis with the exact N values as ticks."""
     ax.set_xscale("log")
@@ -115,16 +120,13 @@ lines = []
 for ds in shown_ds:
     sub = comparison[comparison.dataset == ds].pivot_table(index="shots", columns="method", values="accuracy_mean")
     nseeds = comparison[comparison.dataset == ds].pivot_table(index="shots", columns="method", values="seeds")
-
-    def seeds_of(n: int, m: str) -> str:
-        return f"{int(nseeds.loc[n, m])} seed{'s' if nseeds.loc[n, m] > 1 else ''}"
-
     for n, row in sub.iterrows():
         others = [m for m in ("netgraft_paper", "kd_inherited", "kd") if m in row.index and np.isfinite(row[m])]
         if "netgraft" not in row.index or not others:
             continue
-        gaps = ", ".join(f"{row['netgraft'] - row[m]:+.1f} points vs {label(m)} ({seeds_of(n, m)})" for m in others)
-        lines.append(f"- {ds}, N={n}: NetGraft {row['netgraft']:.1f}% ({seeds_of(n, 'netgraft')}; "
+        gaps = ", ".join(f"{row['netgraft'] - row[m]:+.1f} points vs {label(m)} ({n_seeds(nseeds.loc[n, m])})"
+                         for m in others)
+        lines.append(f"- {ds}, N={n}: NetGraft {row['netgraft']:.1f}% ({n_seeds(nseeds.loc[n, 'netgraft'])}; "
                      f"{row['netgraft'] - teacher_acc[ds]:+.1f} points from the teacher's {teacher_acc[ds]:.1f}%); "
                      f"{gaps}.")
 display(Markdown("Mean test accuracy of NetGraft (book's recipe), and the difference of its mean to the means of "
@@ -151,8 +153,7 @@ for ax, ((ds, n), sub) in zip(axes[0], groups):
     ax.barh(y, sub.difference_mean, xerr=np.nan_to_num(err), color=colours, capsize=3)
     ax.axvline(0, color="0.2", linewidth=0.8)
     ax.set_yticks(y, [label(m) for m in sub.method], fontsize=7)
-    nseeds = int(sub.seeds.min())
-    ax.set_title(f"{ds}, N={n}\n({nseeds} seed{'s' if nseeds > 1 else ''})", fontsize=9)
+    ax.set_title(f"{ds}, N={n}\n({n_seeds(sub.seeds.min())})", fontsize=9)
 fig.supxlabel("variant minus its recipe (points)", fontsize=9)
 fig.tight_layout()
 plots.save_figure(fig, "06_ablations", output_root)
