@@ -28,14 +28,13 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from .device import autocast
+from .evaluate import eval_batch
 from .graft import (GraftParts, Grafted, LossPlan, StageLog, TeacherCache, _epoch_batches, block_optimizer,
                     feature_loss, graft_loss, loss_plan, needed_boundaries, net_optimizer, net_steps, plan_loss,
                     pooled, run_hybrid, stage_spans)
 from .models import BlockNet
 from .profiles import GraftSchedule
 from .training import progress
-
-EVAL_BATCH = 1000  # images per scoring chunk (as nbgraft.evaluate.predict)
 
 
 class _FromBoundary(Grafted):
@@ -285,8 +284,9 @@ class SharedBoundaries:
         L = len(teacher)
         self.first, self.acts = first, {i: [] for i in range(first, L)}
         with torch.no_grad(), autocast(x.device):
-            for c in range(0, len(x), EVAL_BATCH):
-                h = teacher.run(x[c: c + EVAL_BATCH], 0, first)
+            bs = eval_batch(x.device)
+            for c in range(0, len(x), bs):
+                h = teacher.run(x[c: c + bs], 0, first)
                 for i in range(first, L):
                     self.acts[i].append(h)
                     h = teacher.blocks[i](h)
@@ -296,18 +296,17 @@ class SharedBoundaries:
     def hybrid_logits(self, stacked: StackedParts | LoopedParts, teacher: BlockNet, a: int, b: int) -> torch.Tensor:
         """(S, N, classes) logits of each seed's Grafted(a, b), in eval mode."""
         f = stacked.hybrid(teacher, a, b, train=False, shared_input=True)
-        h = self.acts[a]
+        h, bs = self.acts[a], eval_batch(self.acts[a].device)
         with autocast(h.device):
-            return torch.cat([f(h[c: c + EVAL_BATCH]).float() for c in range(0, len(h), EVAL_BATCH)], dim=1)
+            return torch.cat([f(h[c: c + bs]).float() for c in range(0, len(h), bs)], dim=1)
 
     @torch.no_grad()
     def student_logits(self, student: BlockNet) -> torch.Tensor:
         """(N, classes) logits of an exported student, whose blocks before `first` are the teacher's."""
         student.eval()
-        h = self.acts[self.first]
+        h, bs = self.acts[self.first], eval_batch(self.acts[self.first].device)
         with autocast(h.device):
-            return torch.cat([student.run(h[c: c + EVAL_BATCH], self.first, len(student)).float()
-                              for c in range(0, len(h), EVAL_BATCH)])
+            return torch.cat([student.run(h[c: c + bs], self.first, len(student)).float() for c in range(0, len(h), bs)])
 
 
 def train_seeds(teacher: BlockNet, parts: list[GraftParts], xs: torch.Tensor, sched: GraftSchedule, shots: int,

@@ -19,7 +19,7 @@ from torch import nn
 
 from . import data as D
 from .device import pick_device
-from .evaluate import predict, report
+from .evaluate import eval_batch, predict, report
 from .gan import (Generator, book_teacher, game_entry, generate, tanh_pixels_to_uint8, to_pixels,
                   to_teacher_input)
 from .models import BlockNet, student_net
@@ -109,9 +109,10 @@ class OwnBlocks(nn.Module):
 
 
 @torch.no_grad()
-def shared_features(teacher: BlockNet, x: torch.Tensor, first: int, batch_size: int = 1000) -> torch.Tensor:
+def shared_features(teacher: BlockNet, x: torch.Tensor, first: int, batch_size: int | None = None) -> torch.Tensor:
     """What the teacher's blocks before `first` (the student's too) make of `x`, in eval mode."""
     teacher.eval()
+    batch_size = batch_size or eval_batch(x.device)
     return torch.cat([teacher.run(x[i : i + batch_size], 0, first) for i in range(0, len(x), batch_size)])
 
 

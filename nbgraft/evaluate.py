@@ -13,9 +13,17 @@ from torch import nn
 from .device import autocast
 
 
+def eval_batch(device: torch.device | str) -> int:
+    """Images per scoring chunk. On a CPU, 128 keeps more of a chunk's activations in the caches: 1.6-2.3x
+    faster than 1,000 for the book's teachers (benchmarks/bench_eval.py), the same logits bit for bit (in
+    eval mode no image's arithmetic depends on another's). Accelerators take larger chunks."""
+    return 128 if torch.device(device).type == "cpu" else 1000
+
+
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """Logits of `model` (eval mode) for the normalised images `x`, computed on x's device."""
+    batch_size = batch_size or eval_batch(x.device)
     was_training = model.training
     model.eval()
     out = []

@@ -22,7 +22,7 @@ from .batched import SharedBoundaries, train_seeds
 from .cache import Entry, _plain, default_output_root, warn
 from .device import machine, pick_device
 from .evaluate import count_flops, count_params, predict
-from .graft import GraftParts, export_student
+from .graft import GraftParts, export_student, folds_adapters
 from .inversion import check_source, noise_images, synthetic_pool, take
 from .models import BlockNet, build, family, spec_from_dict
 from .models.inherit import inherit
@@ -327,7 +327,8 @@ def _train_together(settings: list[Setting], sched, s_spec, stack: str, method: 
     out = []
     for k, (s, p, student) in enumerate(zip(settings, trained, students)):
         logits_f = test_b.student_logits(student)
-        logits_u = test_b.student_logits(export_student(teacher, p, folded=False))
+        logits_u = (test_b.student_logits(export_student(teacher, p, folded=False)) if folds_adapters(p)
+                    else logits_f)  # no adapter pair to fold: the same network, not scored twice
         out.append(({
             **_base_config(s, method), "profile": s.profile.name, "teacher_name": s.teacher_name,
             **s.scores_from(val_b.student_logits(student), logits_f),

@@ -505,6 +505,12 @@ def export_student(teacher: BlockNet, parts: GraftParts, folded: bool = True) ->
     return BlockNet(blocks, widths).eval()
 
 
+def folds_adapters(parts: GraftParts) -> bool:
+    """Whether export merges any adapter pair (two channel maps in a row); if not, the folded and the
+    unfolded student are the same network."""
+    return any(not isinstance(a, nn.Identity) and not isinstance(b, nn.Identity)
+               for a, b in zip(parts.s2t[:-1], parts.t2s[1:]))
+
 
 def netgraft(teacher: BlockNet, parts: GraftParts, x: torch.Tensor, sched: GraftSchedule, shots: int,
              seed: int = 0) -> tuple[BlockNet, StageLog, StageLog]:

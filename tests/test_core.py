@@ -13,6 +13,7 @@ from nbgraft import data as D
 from nbgraft import graft as G
 from nbgraft.cache import Entry, config_hash
 from nbgraft.cli import main as cli_main
+from nbgraft.evaluate import eval_batch, predict
 from nbgraft.experiments import new_parts
 from nbgraft.models import build, load_state
 from nbgraft.models.vgg import student_spec, teacher_spec
@@ -55,13 +56,25 @@ def test_adapter_fold_is_exact():
     assert G.fold(nn.Identity(), b)(torch.randn(2, 32, 3, 3)).shape == torch.Size([2, 16, 3, 3])
 
 
+def test_scores_do_not_depend_on_the_chunk_size():
+    """Scoring runs in chunks (nbgraft.evaluate.eval_batch); each image's logits are its own."""
+    torch.manual_seed(2)
+    net = build(teacher_spec(10, width=0.125, batch_norm=True)).eval()
+    x = torch.randn(300, 3, 32, 32)
+    whole = predict(net, x, batch_size=300)
+    tol = float(whole.abs().max()) * torch.finfo(torch.float32).eps * 64 * len(net)  # a few ulps per layer
+    for bs in (None, 7, 128):
+        torch.testing.assert_close(predict(net, x, batch_size=bs), whole, rtol=0, atol=tol)
+    assert eval_batch("cpu") == eval_batch(torch.device("cpu")) >= 1
+
+
 def test_exported_student_folded_equals_unfolded_and_is_smaller():
     torch.manual_seed(1)
     t_spec = teacher_spec(10, width=0.25, batch_norm=True)
     s_spec = student_spec(t_spec)
     teacher = build(t_spec).eval()
     parts = new_parts(teacher, s_spec, seed=0)
-    assert parts.first == 3 and parts.positions == [3, 4, 5]
+    assert parts.first == 3 and parts.positions == [3, 4, 5] and G.folds_adapters(parts)
     x = torch.randn(16, 3, 32, 32)
     folded = G.export_student(teacher, parts, folded=True)
     unfolded = G.export_student(teacher, parts, folded=False)
@@ -234,7 +247,6 @@ def test_untrained_controls_are_named_and_trained_ones_are_not():
 
 @pytest.mark.slow
 def test_runs_of_one_teacher_share_its_validation_and_test_tensors(data_root, tiny_outputs):
-    from nbgraft.evaluate import predict
     from nbgraft.experiments import prepare
 
     a = prepare("cifar10", 2, 0, "tiny", data_root=data_root, output_root=tiny_outputs, device="cpu")

@@ -79,7 +79,9 @@ def test_resnet_student_exports_as_a_plain_module_that_reloads(tmp_path):
     with torch.no_grad():
         assert torch.equal(again.eval()(x), student(x))
         unfolded = G.export_student(teacher, parts, folded=False)
-        torch.testing.assert_close(unfolded(x), student(x), rtol=0, atol=_float_tol(student(x), 12))
+        # No adapter pair to merge (the streams keep the teacher's widths): the two exports are one network,
+        # which is why a run scores only one of them on the test set.
+        assert not G.folds_adapters(parts) and torch.equal(unfolded(x), student(x))
         chain = G.Grafted(teacher, parts, parts.first, len(teacher) - 1).eval()(x)
         torch.testing.assert_close(unfolded(x), chain, rtol=0, atol=_float_tol(chain, 12))
     assert sum(p.numel() for p in student.parameters()) < 0.6 * sum(p.numel() for p in teacher.parameters())
