@@ -51,7 +51,7 @@ from IPython.display import Markdown, display
 from torch import nn
 
 from nbgraft import plots, report
-from nbgraft.evaluate import compression_table, count_flops, count_params
+from nbgraft.evaluate import accuracy, compression_table, count_flops, count_params, predict
 from nbgraft.experiments import check_parameters, load_student, prepare, student_spec_for
 from nbgraft.models import family
 from nbgraft.profiles import get_profile
@@ -288,9 +288,7 @@ parts = GraftParts.around(mine.widths, first=3, blocks=tail, student_widths=[32,
 demo_sched = GraftSchedule(block_epochs=(20,), net_epochs=(10,), block_lr=(3e-3,), block_adapter_lr=3e-3,
                            net_lr=1e-3, net_adapter_lr=1e-3, scale_lr_with_shots=False)
 demo, _, _ = netgraft(mine, parts, setting.x, demo_sched, shots=max(shots))
-with torch.no_grad():
-    demo_acc = (torch.cat([demo(setting.x_test[i:i + 500]).argmax(1) for i in range(0, len(setting.x_test), 500)])
-                == setting.y_test).float().mean().item() * 100
+demo_acc = accuracy(predict(demo, setting.x_test), setting.y_test)
 display(Markdown(
     f"The hand-cut teacher has {len(mine)} blocks; the grafted student ({count_params(demo) / 1e6:.3f} M parameters, "
     f"{len(demo)} blocks, a plain `BlockNet`) reaches {demo_acc:.2f}% test accuracy after this 30-epoch demonstration "
