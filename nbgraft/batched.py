@@ -306,7 +306,8 @@ class SharedBoundaries:
         student.eval()
         h, bs = self.acts[self.first], eval_batch(self.acts[self.first].device)
         with autocast(h.device):
-            return torch.cat([student.run(h[c: c + bs], self.first, len(student)).float() for c in range(0, len(h), bs)])
+            return torch.cat([student.run(h[c: c + bs], self.first, len(student)).float()
+                              for c in range(0, len(h), bs)])
 
 
 def train_seeds(teacher: BlockNet, parts: list[GraftParts], xs: torch.Tensor, sched: GraftSchedule, shots: int,
