@@ -283,8 +283,8 @@ class SharedBoundaries:
     def __init__(self, teacher: BlockNet, x: torch.Tensor, first: int):
         L = len(teacher)
         self.first, self.acts = first, {i: [] for i in range(first, L)}
+        self.chunk = bs = eval_batch(x.device)
         with torch.no_grad(), autocast(x.device):
-            bs = eval_batch(x.device)
             for c in range(0, len(x), bs):
                 h = teacher.run(x[c: c + bs], 0, first)
                 for i in range(first, L):
@@ -296,7 +296,7 @@ class SharedBoundaries:
     def hybrid_logits(self, stacked: StackedParts | LoopedParts, teacher: BlockNet, a: int, b: int) -> torch.Tensor:
         """(S, N, classes) logits of each seed's Grafted(a, b), in eval mode."""
         f = stacked.hybrid(teacher, a, b, train=False, shared_input=True)
-        h, bs = self.acts[a], eval_batch(self.acts[a].device)
+        h, bs = self.acts[a], self.chunk
         with autocast(h.device):
             return torch.cat([f(h[c: c + bs]).float() for c in range(0, len(h), bs)], dim=1)
 
@@ -304,7 +304,7 @@ class SharedBoundaries:
     def student_logits(self, student: BlockNet) -> torch.Tensor:
         """(N, classes) logits of an exported student, whose blocks before `first` are the teacher's."""
         student.eval()
-        h, bs = self.acts[self.first], eval_batch(self.acts[self.first].device)
+        h, bs = self.acts[self.first], self.chunk
         with autocast(h.device):
             return torch.cat([student.run(h[c: c + bs], self.first, len(student)).float()
                               for c in range(0, len(h), bs)])
