@@ -272,6 +272,7 @@ display(Markdown(
 # teacher as the book's recipe does):
 
 # %%
+from nbgraft.cache import cached  # noqa: E402
 from nbgraft.graft import GraftParts, netgraft  # noqa: E402
 from nbgraft.models import BlockNet  # noqa: E402
 from nbgraft.models.resnet import BasicBlock  # noqa: E402
@@ -287,9 +288,19 @@ tail = [nn.Sequential(BasicBlock(32, 32, 2, False, "conv"), *[BasicBlock(32, 32,
 parts = GraftParts.around(mine.widths, first=3, blocks=tail, student_widths=[32, 32, 10]).to(setting.x.device)
 demo_sched = GraftSchedule(block_epochs=(20,), net_epochs=(10,), block_lr=(3e-3,), block_adapter_lr=3e-3,
                            net_lr=1e-3, net_adapter_lr=1e-3, scale_lr_with_shots=False)
-demo, _, _ = netgraft(mine, parts, setting.x, demo_sched, shots=max(shots))
-demo_acc = accuracy(predict(demo, setting.x_test), setting.y_test)
+
+
+def graft_demo() -> dict:
+    demo, _, _ = netgraft(mine, parts, setting.x, demo_sched, shots=max(shots))
+    return {"test_accuracy": accuracy(predict(demo, setting.x_test), setting.y_test),
+            "params": count_params(demo), "blocks": len(demo)}
+
+
+# Cached like every run in the book (a re-run reads it back); the key names all it depends on.
+demo = cached("byo_demo", {"teacher": setting.teacher_key, "shots": max(shots), "seed": seeds[0],
+                           "test_limit": prof.test_limit, "cut": list(mine.widths), "tail": repr(tail),
+                           "schedule": demo_sched}, graft_demo, output_root)
 display(Markdown(
-    f"The hand-cut teacher has {len(mine)} blocks; the grafted student ({count_params(demo) / 1e6:.3f} M parameters, "
-    f"{len(demo)} blocks, a plain `BlockNet`) reaches {demo_acc:.2f}% test accuracy after this 30-epoch demonstration "
-    "from random weights with a 3-block thin stage 3 (the teacher has 9 blocks per stage)."))
+    f"The hand-cut teacher has {len(mine)} blocks; the grafted student ({demo['params'] / 1e6:.3f} M parameters, "
+    f"{demo['blocks']} blocks, a plain `BlockNet`) reaches {demo['test_accuracy']:.2f}% test accuracy after this "
+    "30-epoch demonstration from random weights with a 3-block thin stage 3 (the teacher has 9 blocks per stage)."))

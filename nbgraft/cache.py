@@ -188,3 +188,17 @@ class Entry:
                 yield self
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def cached(kind: str, config: dict, compute, output_root: Path | str | None = None) -> dict:
+    """compute() -> metrics (a JSON-able dict), run once per config and read back after that.
+
+    For a computation that has no cached entry of its own, e.g. a notebook's demonstration run: its
+    config must name everything its result depends on (teacher key, data draw, schedule, architecture)."""
+    entry = Entry(output_root, kind, config)
+    if entry.done:
+        return entry.metrics()
+    with entry.lock():
+        if entry.done:
+            return entry.metrics()
+        return entry.finish(compute())

@@ -230,11 +230,22 @@ def few_shot_indices(y_train: np.ndarray, shots: int, seed: int, exclude: np.nda
     return np.concatenate(picks)
 
 
+# The validation pool and the teacher's part of each data set, made once per process (read-only arrays):
+# a cached sweep makes about 300 splits of the same data.
+_POOLS: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+
 def make_split(data: ImageData, val_per_class: int, shots: int | None = None, seed: int = 0) -> Split:
-    val = validation_pool(data.y_train, val_per_class)
-    outside = np.ones(len(data.y_train), dtype=bool)
-    outside[val] = False
-    teacher_train = np.flatnonzero(outside)  # np.setdiff1d's result without its sort (a cached sweep makes 300 splits)
+    key = (data.name, data.fingerprint, len(data.y_train), val_per_class)
+    if not data.fingerprint or key not in _POOLS:  # arrays without a fingerprint are never shared
+        val = validation_pool(data.y_train, val_per_class)
+        outside = np.ones(len(data.y_train), dtype=bool)
+        outside[val] = False
+        teacher_train = np.flatnonzero(outside)  # np.setdiff1d's result without its sort
+        for a in (val, teacher_train):
+            a.flags.writeable = False
+        _POOLS[key] = teacher_train, val
+    teacher_train, val = _POOLS[key]
     few = few_shot_indices(data.y_train, shots, seed, exclude=val) if shots is not None else None
     return Split(teacher_train, val, few)
 

@@ -77,11 +77,34 @@ def spec_from_config(cfg: dict):
     return spec_from_dict(cfg["spec"])
 
 
+# Teachers already read back in this process, by stored entry (folder, finish time) and device: a cached
+# sweep asks for its teacher once per run, and building it again each time was most of its read-back time.
+_LOADED: dict[tuple, tuple[BlockNet, dict]] = {}
+
+
 def get_teacher(dataset: str, profile="cpu", *, seed: int = 0, data_root=None, output_root=None, device=None,
                 teacher: str = "vgg16") -> tuple[BlockNet, dict]:
-    """Return (teacher in eval mode, its metrics), training (or scoring) it first if the cache does not hold it."""
+    """Return (teacher in eval mode, its metrics), training (or scoring) it first if the cache does not hold it.
+    Callers share the returned module: it stays frozen and in eval mode."""
     device = pick_device(device)
     entry = teacher_entry(dataset, profile, seed=seed, teacher=teacher, data_root=data_root, output_root=output_root)
+
+    def stamp() -> tuple:
+        return str(entry.dir.resolve()), entry.path("metrics.json").stat().st_mtime_ns, str(device)
+
+    if entry.done and stamp() in _LOADED:
+        net, metrics = _LOADED[stamp()]
+        return net, dict(metrics)
+    net, metrics = _get_teacher(entry, dataset, profile, seed, data_root, output_root, device, teacher)
+    if entry.done:
+        if len(_LOADED) >= 3:
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[stamp()] = net, metrics
+    return net, dict(metrics)
+
+
+def _get_teacher(entry: Entry, dataset: str, profile, seed: int, data_root, output_root, device,
+                 teacher: str) -> tuple[BlockNet, dict]:
 
     def load() -> tuple[BlockNet, dict]:
         if teacher != "vgg16":

@@ -120,6 +120,16 @@ def tiny_teacher(data_root, tmp_path_factory):
     return root
 
 
+def test_a_teacher_read_back_is_shared_until_its_entry_changes(tiny_teacher, data_root, tmp_path):
+    out = _copy(tiny_teacher, tmp_path)
+    kw = {"data_root": data_root, "output_root": out, "device": "cpu"}
+    first, m = get_teacher("cifar10", "tiny", **kw)
+    assert get_teacher("cifar10", "tiny", **kw)[0] is first  # read once per process
+    shutil.rmtree(Entry(out, "teacher", teacher_config("cifar10", "tiny", data_root=data_root)).dir)
+    again, m2 = get_teacher("cifar10", "tiny", **kw)  # trained again: a new entry, not the one in memory
+    assert again is not first and m2["test_accuracy"] == pytest.approx(m["test_accuracy"])
+
+
 def _copy(root: Path, tmp_path: Path) -> Path:
     dest = tmp_path / "out"
     shutil.copytree(root, dest)

@@ -115,6 +115,16 @@ def test_sampler_is_deterministic_balanced_nested_and_disjoint_from_validation()
     assert set(one.few_shot) <= set(s1.few_shot)
 
 
+def test_splits_share_their_pools_only_between_equal_data():
+    data, other = _fake_data(), _fake_data(n_per_class=40)
+    data.fingerprint, other.fingerprint = "a", "b"
+    first, again = D.make_split(data, 5, shots=2, seed=0), D.make_split(data, 5, shots=3, seed=1)
+    assert first.val is again.val and not first.val.flags.writeable  # made once, read-only
+    assert np.array_equal(first.val, D.validation_pool(data.y_train, 5))
+    assert np.array_equal(first.teacher_train, np.setdiff1d(np.arange(len(data.y_train)), first.val))
+    assert np.array_equal(D.make_split(other, 5).val, D.validation_pool(other.y_train, 5))
+
+
 def test_bad_inputs_raise_clear_errors(tmp_path):
     data = _fake_data()
     with pytest.raises(ValueError, match="N=26 shots is more than class 0 has"):
