@@ -11,7 +11,7 @@ from torch import nn
 
 from nbgraft import data as D
 from nbgraft import graft as G
-from nbgraft.cache import Entry, config_hash
+from nbgraft.cache import Entry, cached, config_hash
 from nbgraft.cli import main as cli_main
 from nbgraft.evaluate import eval_batch, predict
 from nbgraft.experiments import new_parts
@@ -160,6 +160,19 @@ def test_cache_round_trip_and_atomic_writes(tmp_path):
     assert torch.equal(again.load_tensors("w.pt")["x"], torch.arange(3))
     assert json.loads(again.path("config.json").read_text()) == cfg
     assert not [p for p in e.dir.iterdir() if p.name.startswith(".")]  # no temp files left behind
+
+
+def test_a_cached_computation_runs_once_per_config(tmp_path):
+    calls = []
+
+    def compute(v):
+        calls.append(v)
+        return {"acc": v}
+
+    assert cached("demo", {"v": 1}, lambda: compute(1), tmp_path) == {"acc": 1}
+    assert cached("demo", {"v": 1}, lambda: compute(99), tmp_path) == {"acc": 1}  # read back, not run
+    assert cached("demo", {"v": 2}, lambda: compute(2), tmp_path) == {"acc": 2}
+    assert calls == [1, 2]
 
 
 def test_schedule_fields_added_later_leave_earlier_cache_keys_alone():
