@@ -105,6 +105,7 @@ def get_teacher(dataset: str, profile="cpu", *, seed: int = 0, data_root=None, o
 
 def _get_teacher(entry: Entry, dataset: str, profile, seed: int, data_root, output_root, device,
                  teacher: str) -> tuple[BlockNet, dict]:
+    """get_teacher without the per-process memo: read the entry, or train (score) and store it first."""
 
     def load() -> tuple[BlockNet, dict]:
         if teacher != "vgg16":
