@@ -27,7 +27,8 @@ from .inversion import check_source, noise_images, synthetic_pool, take
 from .models import BlockNet, build, family, spec_from_dict
 from .models.inherit import inherit
 from .profiles import BASELINE_METHODS, GRAFT_METHODS, METHODS, GraftSchedule, get_profile
-from .teacher import check_teacher, get_teacher, teacher_entry, teacher_spec_for, teacher_test_predictions
+from .teacher import (check_teacher, get_teacher, teacher_entry, teacher_spec_for, teacher_stamp,
+                      teacher_test_predictions)
 
 VAL_REPORT_SIZE = 1000  # validation images scored per run (a fixed class-balanced prefix of the pool)
 
@@ -55,7 +56,7 @@ class Setting:
     data_source: str
     image_source: str = "real"  # what the N images per class are: see nbgraft.inversion.SOURCES
     image_key: str | None = None  # the synthetic pool's cache key
-    teacher_stamp: tuple = ()  # which stored teacher this is (see _teacher_stamp): keys the per-process memos
+    teacher_stamp: tuple = ()  # which stored teacher this is (see nbgraft.teacher.teacher_stamp): keys the per-process memos
 
     def boundaries(self, split: str, first: int) -> SharedBoundaries:
         """The teacher's val or test activations from block `first` on (computed once per process)."""
@@ -107,7 +108,7 @@ def prepare(dataset: str, shots: int, seed: int = 0, profile="cpu", *, teacher: 
                           teacher=teacher)
     norm = {"mean": net.spec.mean, "std": net.spec.std}
     t_entry = teacher_entry(dataset, profile, teacher=teacher, data_root=data_root, output_root=output_root)
-    t_key, stamp = t_entry.key, _teacher_stamp(t_entry)
+    t_key, stamp = t_entry.key, teacher_stamp(t_entry)
     ev_key = (stamp, str(device), profile.test_limit, profile.val_per_class[dataset])
     if ev_key not in _EVAL_TENSORS:  # the same for every N and seed: made once per process
         if len(_EVAL_TENSORS) >= 2:
@@ -132,12 +133,6 @@ def prepare(dataset: str, shots: int, seed: int = 0, profile="cpu", *, teacher: 
     return Setting(dataset, shots, seed, profile, teacher, net, tm, t_key,
                    D.to_tensor(x, dataset, device, **norm), torch.from_numpy(y).to(device),
                    x_val, y_val, x_test, y_test, t_test_pred, t_val_pred, data.source, source, image_key, stamp)
-
-
-def _teacher_stamp(entry: Entry) -> tuple:
-    """One stored teacher: its folder and when it was finished. Equal cache keys are not enough to share
-    its tensors, since another output root (or a teacher trained again) holds other weights."""
-    return (str(entry.dir.resolve()), entry.path("metrics.json").stat().st_mtime_ns)
 
 
 def _balanced_prefix(y: np.ndarray, pool: np.ndarray, size: int) -> np.ndarray:

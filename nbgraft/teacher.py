@@ -77,7 +77,13 @@ def spec_from_config(cfg: dict):
     return spec_from_dict(cfg["spec"])
 
 
-# Teachers already read back in this process, by stored entry (folder, finish time) and device: a cached
+def teacher_stamp(entry: Entry) -> tuple:
+    """One stored teacher: its folder and when it was finished. Equal cache keys are not enough to share
+    its tensors, since another output root (or a teacher trained again) holds other weights."""
+    return (str(entry.dir.resolve()), entry.path("metrics.json").stat().st_mtime_ns)
+
+
+# Teachers already read back in this process, by stored teacher (teacher_stamp) and device: a cached
 # sweep asks for its teacher once per run, and building it again each time was most of its read-back time.
 _LOADED: dict[tuple, tuple[BlockNet, dict]] = {}
 
@@ -88,18 +94,13 @@ def get_teacher(dataset: str, profile="cpu", *, seed: int = 0, data_root=None, o
     Callers share the returned module: it stays frozen and in eval mode."""
     device = pick_device(device)
     entry = teacher_entry(dataset, profile, seed=seed, teacher=teacher, data_root=data_root, output_root=output_root)
-
-    def stamp() -> tuple:
-        return str(entry.dir.resolve()), entry.path("metrics.json").stat().st_mtime_ns, str(device)
-
-    if entry.done and stamp() in _LOADED:
-        net, metrics = _LOADED[stamp()]
+    if entry.done and (memo := (*teacher_stamp(entry), str(device))) in _LOADED:
+        net, metrics = _LOADED[memo]
         return net, dict(metrics)
     net, metrics = _get_teacher(entry, dataset, profile, seed, data_root, output_root, device, teacher)
-    if entry.done:
-        if len(_LOADED) >= 3:
-            _LOADED.pop(next(iter(_LOADED)))
-        _LOADED[stamp()] = net, metrics
+    if len(_LOADED) >= 3:
+        _LOADED.pop(next(iter(_LOADED)))
+    _LOADED[(*teacher_stamp(entry), str(device))] = net, metrics  # stamped after any training: a finished entry
     return net, dict(metrics)
 
 
