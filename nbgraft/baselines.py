@@ -86,12 +86,13 @@ def train_baseline(kind: str, teacher: BlockNet, student_spec, x: torch.Tensor, 
             loss.backward()
             opt.step()
             lr_sched.step()
-            losses.append(loss.item())
+            losses.append(loss.detach())  # read once at the end: no host sync per step
             step += 1
             bar.update()
             if step >= sched.steps:
                 break
     bar.close()
+    losses = torch.stack(losses).tolist()
     every = max(1, len(losses) // 100)
     curve = [sum(losses[i: i + every]) / len(losses[i: i + every]) for i in range(0, len(losses), every)]
     return model.eval(), {"loss_curve": curve, "loss_every_steps": every, "wall_s": time.perf_counter() - t0,

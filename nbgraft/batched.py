@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from .device import autocast
+from .device import accumulator, autocast, no_autocast, policy
 from .evaluate import eval_batch
 from .graft import (GraftParts, Grafted, LossPlan, StageLog, TeacherCache, _epoch_batches, block_optimizer,
                     feature_loss, graft_loss, loss_plan, needed_boundaries, net_optimizer, net_steps, plan_loss,
@@ -88,7 +88,8 @@ class StackedParts:
 
         def run(h: torch.Tensor):
             module.train(train)  # the template is shared by every hybrid: set its mode at each call
-            out = vmap(one, in_dims=(0, None if shared_input else 0))(state, h)
+            with no_autocast(h.device):  # autocast does not reach inside vmap: the stack computes in fp32
+                out = vmap(one, in_dims=(0, None if shared_input else 0))(state, h.float())
             return out if plan is None or plan.logits else (out[0], None)
 
         return run
@@ -157,13 +158,18 @@ class LoopedParts:
 STACKS = {"loop": LoopedParts, "vmap": StackedParts}
 
 
-def stack_for(device: torch.device, stack: str = "auto") -> type:
-    """`auto`: loop on a CPU (compute-bound convolutions), vmap on an accelerator (launch-bound)."""
+def stack_name(device: torch.device, stack: str = "auto") -> str:
+    """`auto`: the device's policy (nbgraft.device): loop on a CPU (compute-bound convolutions), vmap on an
+    accelerator (launch-bound)."""
     if stack == "auto":
-        stack = "loop" if device.type == "cpu" else "vmap"
+        stack = policy(device).stack
     if stack not in STACKS:
         raise ValueError(f"unknown stack {stack!r}; use 'auto', 'loop' or 'vmap'")
-    return STACKS[stack]
+    return stack
+
+
+def stack_for(device: torch.device, stack: str = "auto") -> type:
+    return STACKS[stack_name(device, stack)]
 
 
 # --------------------------------------------------------------------------- training
@@ -213,22 +219,22 @@ def graft_blocks_stacked(teacher: BlockNet, stacked: StackedParts | LoopedParts,
         on_epoch(stacked, 0)
     for epoch in progress(range(max(epochs.values())), desc=f"block stage, {S} seeds"):
         active = [i for i in positions if epoch < epochs[i]]
-        sums = {i: torch.zeros(S, dtype=torch.float64) for i in active}
+        sums = {i: accumulator(xs.device, S) for i in active}
         for size, idx, xb in _seed_batches(xs, bs, seeds, epoch, sched, cache.images_per_source()):
             acts = {k: v.unflatten(0, (S, size)) for k, v in cache.get(idx, xb).items()}
             total = 0.0
             for i in active:
                 losses = _stacked_loss(stacked, hybrids[i], i, acts, sched, plans[i])
-                sums[i] += losses.detach().double().cpu() * size
+                sums[i] += losses.detach().to(sums[i].dtype) * size
                 total = total + losses.sum()
             for i in active:
                 opts[i].zero_grad(set_to_none=True)
             total.backward()
             for i in active:
                 opts[i].step()
-        for i in active:
-            for k in range(S):
-                logs[k].losses.setdefault(f"block{i + 1}", []).append(sums[i][k].item() / n)
+        for i in active:  # read once per epoch
+            for k, total_k in enumerate(sums[i].tolist()):
+                logs[k].losses.setdefault(f"block{i + 1}", []).append(total_k / n)
         if watch and (epoch + 1) % sched.val_every == 0:
             on_epoch(stacked, epoch + 1)
     wall = time.perf_counter() - t0
@@ -255,16 +261,16 @@ def graft_net_stacked(teacher: BlockNet, stacked: StackedParts | LoopedParts, xs
         name = f"chain{a + 1}-{b + 1}"
         step_seeds = [s + 7919 * (b + 1) for s in seeds]  # as graft_net
         for epoch in progress(range(n_epochs), desc=f"net stage {name}, {S} seeds"):
-            total = torch.zeros(S, dtype=torch.float64)
+            total = accumulator(xs.device, S)
             for size, idx, xb in _seed_batches(xs, bs, step_seeds, epoch, sched, cache.images_per_source()):
                 acts = {k: v.unflatten(0, (S, size)) for k, v in cache.get(idx, xb).items()}
                 losses = _stacked_loss(stacked, hybrid, a, acts, sched, plan)
                 opt.zero_grad(set_to_none=True)
                 losses.sum().backward()
                 opt.step()
-                total += losses.detach().double().cpu() * size
-            for k in range(S):
-                logs[k].losses.setdefault(name, []).append(total[k].item() / n)
+                total += losses.detach().to(total.dtype) * size
+            for k, total_k in enumerate(total.tolist()):  # read once per epoch
+                logs[k].losses.setdefault(name, []).append(total_k / n)
         if on_step is not None:
             on_step(a, b)
     wall = time.perf_counter() - t0
@@ -326,4 +332,4 @@ def train_seeds(teacher: BlockNet, parts: list[GraftParts], xs: torch.Tensor, sc
 
 
 __all__ = ["LoopedParts", "SharedBoundaries", "StackedParts", "graft_blocks_stacked", "graft_net_stacked",
-           "pooled", "stack_for", "train_seeds"]
+           "pooled", "stack_for", "stack_name", "train_seeds"]

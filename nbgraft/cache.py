@@ -15,10 +15,12 @@ import fcntl
 import hashlib
 import io
 import json
+import math
 import os
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -92,9 +94,71 @@ def warn(message: str) -> None:
     print(f"nbgraft: warning: {message}", file=sys.stderr, flush=True)
 
 
-# Keys every finished entry of these kinds holds: an entry without them was not written by nbgraft.
-REQUIRED_METRICS = {kind: ("test_accuracy", "wall_s") for kind in
-                    ("teacher", "netgraft", "kd", "scratch", "kd_inherited", "scratch_inherited")}
+# What every finished entry of these kinds holds: numbers (finite, not text) a reader formats, and
+# checkpoints it loads. An entry without them was not written by nbgraft, or was damaged, and is computed again.
+_RUN_NUMBERS = ("test_accuracy", "test_agreement", "val_accuracy", "wall_s")
+REQUIRED_METRICS = {"teacher": ("test_accuracy", "wall_s", "train_images"), "netgraft": _RUN_NUMBERS,
+                    **{k: _RUN_NUMBERS for k in ("kd", "scratch", "kd_inherited", "scratch_inherited")}}
+# Checkpoints of entries finished before `finish` listed them (newer entries name theirs under "files").
+REQUIRED_FILES = {"teacher": ("test_pred.pt",), "netgraft": ("parts.pt", "student.pt"),
+                  **{k: ("student.pt",) for k in ("kd", "scratch", "kd_inherited", "scratch_inherited")}}
+NOT_DAMAGE = (MemoryError, PermissionError, torch.OutOfMemoryError)  # a good file read at a bad moment
+BOOKKEEPING = ("files", "cache_key", "finished_at")  # what `finish` adds to every entry's metrics
+
+
+def check_metrics(kind: str, metrics, where, key: str | None = None) -> dict:
+    """`metrics` if it is a finished run of `kind` (see REQUIRED_METRICS) stored under `key`; DamagedEntry
+    saying why not."""
+    if not isinstance(metrics, dict) or not metrics:
+        raise DamagedEntry(f"{where} holds no metrics")
+    if key is not None and isinstance(metrics.get("cache_key"), str) and metrics["cache_key"] != key:
+        raise DamagedEntry(f"{where} belongs to the entry {metrics['cache_key']}, not {key}")
+    missing = [k for k in REQUIRED_METRICS.get(kind, ()) if k not in metrics]
+    if missing:
+        raise DamagedEntry(f"{where} is not a finished run: it lacks {missing}")
+    bad = [k for k in REQUIRED_METRICS.get(kind, ()) if isinstance(metrics[k], bool)
+           or not isinstance(metrics[k], (int, float)) or not math.isfinite(metrics[k])]
+    if bad:
+        raise DamagedEntry(f"{where} is not a finished run: {', '.join(f'{k}={metrics[k]!r}' for k in bad)} "
+                           "should be numbers")
+    return metrics
+
+
+_VERIFIED: set[tuple] = set()  # checkpoints whose archive was checked in this process: (path, size, mtime)
+
+
+def verify_checkpoint(path: Path, size: int | None = None) -> None:
+    """DamagedEntry unless `path` is a whole torch archive (every member's CRC checked, once per process)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise DamagedEntry(f"{path} is missing") from None
+    stamp = (str(path), st.st_size, st.st_mtime_ns)
+    if stamp in _VERIFIED:
+        return
+    if size is not None and st.st_size != size:
+        raise DamagedEntry(f"{path} holds {st.st_size} bytes, {size} were written")
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except NOT_DAMAGE:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
+        raise DamagedEntry(f"{path} cannot be read ({type(err).__name__}: {err})") from None
+    if bad is not None:
+        raise DamagedEntry(f"{path} is corrupt (member {bad} fails its checksum)")
+    _VERIFIED.add(stamp)
+
+
+def to_device(obj: Any, device: Any) -> Any:
+    """Tensors of a loaded object (nested dicts, lists, tuples) moved to `device`."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
 
 
 class Entry:
@@ -106,43 +170,63 @@ class Entry:
         self.key = config_hash(self.config)
         self.dir = Path(root if root is not None else default_output_root()) / "cache" / kind / self.key
 
+    @classmethod
+    def stored(cls, root: Path | str | None, kind: str, key: str) -> Entry:
+        """The entry a finished run's metrics name (`metrics["cache_key"]`), without its config."""
+        entry = cls.__new__(cls)
+        entry.kind, entry.key, entry.config = kind, key, None
+        entry.dir = Path(root if root is not None else default_output_root()) / "cache" / kind / key
+        return entry
+
     def path(self, name: str) -> Path:
         return self.dir / name
 
     @property
     def done(self) -> bool:
-        """Finished and readable. A metrics file that cannot be read moves the entry aside (see quarantine)."""
+        """Finished, readable, with every checkpoint whole. A damaged entry is moved aside (see quarantine)."""
         if not self.path("metrics.json").is_file():
             return False
         try:
-            self.metrics()
+            self.verify()
         except DamagedEntry as err:
             self.quarantine(str(err))
             return False
         return True
 
+    def verify(self) -> dict:
+        """The metrics, after checking them and the checkpoints they list (DamagedEntry if anything is off)."""
+        metrics = self.metrics()
+        files = metrics.get("files")
+        if not isinstance(files, dict):
+            files = {name: None for name in REQUIRED_FILES.get(self.kind, ())}
+        for name, size in files.items():
+            verify_checkpoint(self.path(name), size if isinstance(size, int) else None)
+        return metrics
+
     def metrics(self) -> dict:
         path = self.path("metrics.json")
         try:
             out = json.loads(path.read_text())
+        except NOT_DAMAGE:
+            raise
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise DamagedEntry(f"{path} cannot be read ({type(err).__name__}: {err})") from None
-        if not isinstance(out, dict) or not out:
-            raise DamagedEntry(f"{path} holds no metrics")
-        missing = [k for k in REQUIRED_METRICS.get(self.kind, ()) if k not in out]
-        if missing:
-            raise DamagedEntry(f"{path} lacks {missing}")
-        return out
+        return check_metrics(self.kind, out, path, self.key)
 
     def save_tensors(self, name: str, obj: Any) -> None:
         atomic_torch_save(self.path(name), obj)
 
     def load_tensors(self, name: str, map_location: Any = "cpu") -> Any:
+        """Read a checkpoint on the CPU (a file that fails there is damaged), then move it to `map_location`:
+        a device that cannot take it (unknown, out of memory) is an error of its own, never damage."""
         path = self.path(name)
         try:
-            return torch.load(path, map_location=map_location, weights_only=False)
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except NOT_DAMAGE:
+            raise
         except Exception as err:  # truncated zip, unpickling garbage, missing file: all mean "damaged"
             raise DamagedEntry(f"{path} cannot be read ({type(err).__name__}: {str(err)[:200]})") from None
+        return obj if str(map_location) == "cpu" else to_device(obj, map_location)
 
     def quarantine(self, why: str) -> Path:
         """Move the whole entry aside (kept for inspection, never deleted) so it is computed again."""
@@ -158,8 +242,12 @@ class Entry:
             atomic_write_json(self.path("config.json"), self.config)
 
     def finish(self, metrics: dict) -> dict:
+        """Write the metrics (last: their presence means done), with the checkpoints' sizes under "files", the
+        entry's key and when it finished (so a reader can tell a fresh result from a cached one)."""
         self.start()
-        atomic_write_json(self.path("metrics.json"), metrics)
+        files = {p.name: p.stat().st_size for p in sorted(self.dir.glob("*.pt")) if p.name != "resume.pt"}
+        atomic_write_json(self.path("metrics.json"), {**metrics, "files": files, "cache_key": self.key,
+                                                      "finished_at": time.time()})
         self.path("resume.pt").unlink(missing_ok=True)
         return self.metrics()
 

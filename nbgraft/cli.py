@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from . import __version__
 
@@ -70,14 +71,14 @@ def cmd_graft(args) -> int:
         for n in args.shots:
             for seed in args.seeds:
                 for method in methods:
-                    t0 = time.perf_counter()
+                    asked = time.time()
                     src = {"source": args.images} if method in GRAFT_METHODS else {}
                     m = run_method(method, ds, n, seed, args.profile, teacher=args.teacher, **src, **_kw(args))
-                    took = time.perf_counter() - t0
                     rows.append(m)
+                    fresh = m.get("finished_at", 0) >= asked  # finished by this call, or read back
                     print(f"{args.teacher} {ds} N={n} seed={seed} {method:17s} test {m['test_accuracy']:6.2f}%  "
                           f"agreement {m['test_agreement']:6.2f}%  trained in {m['wall_s']:.0f}s  "
-                          f"({'from the cache' if took < 0.5 * m['wall_s'] else 'now'}: {m.get('cache_key', '')})")
+                          f"({'now' if fresh else 'from the cache'}: {m.get('cache_key', '')})")
     from .cache import default_output_root
 
     print(f"results are cached under {args.output_root or default_output_root()}/cache/<method>/<key>/")
@@ -89,16 +90,22 @@ def cmd_graft(args) -> int:
 def cmd_table(args) -> int:
     import pandas as pd
 
+    from .cache import default_output_root
     from .experiments import results_frame
     from .profiles import PROFILES, TEACHERS
+
+    root = Path(args.output_root) if args.output_root else default_output_root()
+    if not (root / "cache").is_dir():
+        raise FileNotFoundError(f"no cache under {root} (no {root / 'cache'} folder): run `nbgraft graft ...` first, "
+                                "or give the output root that holds it with --output-root")
 
     # Only runs on each profile's own recipes: ablation variants and runs of older schedules stay out.
     frames = [results_frame(args.output_root, profile=p, teacher=t)
               for p in ([args.profile] if args.profile else PROFILES) for t in TEACHERS]
     df = pd.concat([f for f in frames if not f.empty] or frames[:1])
     if df.empty:
-        print("no finished runs in the cache yet; run `python -m nbgraft graft ...` first")
-        return 1
+        raise FileNotFoundError(f"no finished runs on a profile's own recipes in {root / 'cache'} yet: run "
+                                "`nbgraft graft ...` first")
     summary = (df.groupby(["teacher_name", "dataset", "profile", "method", "shots"])
                  .agg(accuracy_mean=("test_accuracy", "mean"), accuracy_std=("test_accuracy", "std"),
                       agreement_mean=("test_agreement", "mean"), seeds=("seed", "nunique"),
@@ -216,14 +223,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import torch
+
     from .book import BuildFailed, ChapterFailed
     from .cache import CacheLocked, DamagedEntry
     from .cluster import SweepIncomplete
 
     try:
         return args.func(args)
+    except torch.OutOfMemoryError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "out of memory"
+        print(f"nbgraft: error: the GPU ran out of memory ({first[:160]}); nothing was lost and no cache entry was "
+              "touched: train fewer seeds at once (one --seeds value per call), use a smaller --profile, close other "
+              "programs on the GPU, or run with --device cpu", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("nbgraft: interrupted; every finished run is in the cache, a teacher resumes from its last epoch, "
+        print("nbgraft: interrupted; every finished run is in the cache, a teacher resumes from its last checkpoint, "
               "and re-running the same command continues where it stopped", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ChapterFailed,

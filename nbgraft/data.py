@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,19 +55,21 @@ def check_dataset(name: str) -> str:
     return key
 
 
-_LOADED: dict[tuple[str, str], ImageData] = {}
+_LOADED: dict[tuple, ImageData] = {}  # (name, root, file stamp): one version of each file
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, download: bool = True) -> ImageData:
     """Load from, in order: `root/<name>.npz`, a torchvision root under `root`, torchvision's download."""
     name = check_dataset(name)
     root = Path(root) if root is not None else default_data_root()
-    key = (name, str(root.resolve()))
-    if key not in _LOADED:
+    npz = root / f"{name}.npz"
+    key = (name, str(root.resolve()), tuple(_file_stamp(npz).values()) if npz.is_file() else None)
+    if key not in _LOADED:  # a file changed on disk is read again
         data = _load_uncached(name, root, download)
-        npz = root / f"{name}.npz"
         if data.source.startswith("npz") and _npz_fingerprint(npz) != data.fingerprint:
             remember_fingerprint(npz, data.fingerprint)
+        for old in [k for k in _LOADED if k[:2] == key[:2]]:  # an older version of the same file
+            del _LOADED[old]
         _LOADED[key] = data
     return _LOADED[key]
 
@@ -78,15 +81,18 @@ def _load_uncached(name: str, root: Path, download: bool) -> ImageData:
     npz = root / f"{name}.npz"
     if npz.is_file():
         return validate(_read_npz(name, npz), npz, _npz_fingerprint(npz))
-    tried = [f"{npz} (no such file)"]
+    tried = [f"{npz} ({'a folder, not a file' if npz.is_dir() else 'no such file'})"]
     if (root / _TV_FOLDER[name]).is_dir():
         return validate(_from_torchvision(name, root, download=False, source=f"torchvision root {root}"), root)
     tried.append(f"a torchvision root {root / _TV_FOLDER[name]} (no such folder)")
     if download:
+        existed = root.exists()
         try:
             data = _from_torchvision(name, root, download=True, source=f"torchvision download into {root}")
         except Exception as err:  # no network, proxy, disk: all end in the one message below
             tried.append(f"torchvision's download into {root} ({type(err).__name__}: {err})")
+            if not existed:  # the failed download made the folder: leave the disk as it was
+                shutil.rmtree(root, ignore_errors=True)
         else:
             return validate(data, root)
     raise FileNotFoundError(
@@ -110,12 +116,18 @@ def _read_npz(name: str, npz: Path) -> ImageData:
         with np.load(npz, allow_pickle=False) as f:
             files = sorted(f.files)
             arrays = {k: f[k] for k in NPZ_KEYS if k in f.files}
+    except PermissionError as err:
+        raise PermissionError(f"{npz} cannot be read: permission denied ({err.strerror}); give your user read "
+                              f"access to it (chmod a+r {npz}) or point --data-root at a copy you can read") from None
     except Exception as err:  # truncated or not a zip at all: BadZipFile, EOFError, OSError, "pickled data"
         raise ValueError(f"{npz} cannot be read as .npz arrays ({type(err).__name__}: {err}); "
                          f"{_rebuild_hint(npz)}") from None
     missing = [k for k in NPZ_KEYS if k not in arrays]
     if missing:
         raise ValueError(f"{npz} lacks the arrays {missing} (it has {files}); {_rebuild_hint(npz)}")
+    not_arrays = [k for k, v in arrays.items() if not isinstance(v, np.ndarray)]
+    if not_arrays:  # members stored as raw bytes rather than .npy arrays
+        raise ValueError(f"{npz}: {not_arrays} are not .npy arrays; {_rebuild_hint(npz)}")
     return ImageData(name, arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
                      source=f"npz arrays {npz}")
 
@@ -138,6 +150,9 @@ def validate(data: ImageData, where: Path, fingerprint: str | None = None) -> Im
             problem = f"y_{split} holds labels {y.min()}..{y.max()}, expected 0..{data.num_classes - 1}"
         elif len(x) == 0:
             problem = f"x_{split} is empty"
+        elif split == "train" and len(absent := np.setdiff1d(np.arange(data.num_classes), np.unique(y))):
+            problem = (f"y_train has no image of class(es) {absent[:10].tolist()}{' ...' if len(absent) > 10 else ''}"
+                       f" of the {data.num_classes} classes of {data.name}: the labels are wrong or cut short")
         if problem:
             raise ValueError(f"{data.source}: {problem}; {_rebuild_hint(Path(where))}")
     data.y_train, data.y_test = data.y_train.astype(np.int64), data.y_test.astype(np.int64)
@@ -153,13 +168,19 @@ def array_fingerprint(data: ImageData) -> str:
     return h.hexdigest()[:16]
 
 
-def _npz_fingerprint(npz: Path) -> str | None:
-    """The arrays' hash, remembered beside the file (keyed by its size and mtime) so it is computed once."""
+def _file_stamp(npz: Path) -> dict:
+    """What changes whenever the file's bytes can have changed: size, mtime, inode and the status-change time
+    (the kernel sets ctime on every write, rename or utime, so restoring the mtime does not hide a change)."""
     st = npz.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino}
+
+
+def _npz_fingerprint(npz: Path) -> str | None:
+    """The arrays' hash, remembered beside the file (keyed by its stamp) so it is computed once."""
     side = npz.with_name(f".{npz.name}.fingerprint.json")
     try:
         saved = json.loads(side.read_text())
-        if saved.get("size") == st.st_size and saved.get("mtime_ns") == st.st_mtime_ns:
+        if {k: saved.get(k) for k in ("size", "mtime_ns", "ctime_ns", "inode")} == _file_stamp(npz):
             return saved["sha256"]
     except (OSError, ValueError, KeyError, AttributeError):
         pass
@@ -167,10 +188,9 @@ def _npz_fingerprint(npz: Path) -> str | None:
 
 
 def remember_fingerprint(npz: Path, fingerprint: str) -> None:
-    st = npz.stat()
     try:
         npz.with_name(f".{npz.name}.fingerprint.json").write_text(
-            json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": fingerprint}))
+            json.dumps({**_file_stamp(npz), "sha256": fingerprint}))
     except OSError:
         pass  # a read-only data folder: the hash is recomputed next time
 
@@ -292,8 +312,9 @@ def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator, drop_last: bool = False):
-    """Shuffled index batches for one epoch, drawn from `generator` (so runs replay exactly)."""
-    order = torch.randperm(n, generator=generator, device=generator.device).cpu()
+    """Shuffled index batches for one epoch, drawn from `generator` (so runs replay exactly). They stay on
+    the generator's device: copying each batch's indices from the host would wait for the GPU every step."""
+    order = torch.randperm(n, generator=generator, device=generator.device)
     stop = n - (n % batch_size) if drop_last and n >= batch_size else n
     starts = list(range(0, stop, batch_size))
     if len(starts) > 1 and stop - starts[-1] == 1:

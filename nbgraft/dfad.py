@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data as D
-from .device import pick_device
+from .device import machine, pick_device
 from .evaluate import eval_batch, predict, report
 from .gan import (Generator, book_teacher, game_entry, generate, tanh_pixels_to_uint8, to_pixels,
                   to_teacher_input)
@@ -65,7 +65,7 @@ class DatafreeGame:
         loss = self._discrepancy(fake, teacher_grad=True)
         rescale_grad(fake, -1.0)
         loss.backward()
-        return {"d_loss": loss.item(), "g_loss": -loss.item()}
+        return {"d_loss": loss.detach(), "g_loss": -loss.detach()}
 
     def d_stage(self, batch: dict, fake: torch.Tensor | None = None) -> dict:
         if fake is None:
@@ -73,7 +73,7 @@ class DatafreeGame:
                 fake = self.gen(batch["z"])
         loss = self._discrepancy(fake.detach(), teacher_grad=False)
         loss.backward()
-        return {"d_loss": loss.item()}
+        return {"d_loss": loss.detach()}
 
     def g_stage(self, batch: dict, fake: torch.Tensor | None = None, freeze: bool = True) -> dict:
         """`freeze`: no weight gradients for the student (the teacher's are never computed)."""
@@ -86,7 +86,7 @@ class DatafreeGame:
         finally:
             for p in self._own:
                 p.requires_grad_(True)
-        return {"g_loss": loss.item()}
+        return {"g_loss": loss.detach()}
 
 
 def book_student(teacher: BlockNet) -> tuple[BlockNet, int]:
@@ -220,4 +220,4 @@ def run_datafree(scheme: str, profile="cpu", seed: int = 0, *, data_root=None, o
     return entry.finish({**entry.config, **log, "budget_s": budget_s, **log["checkpoints"][-1],
                          "at_two_stage_iterations": at_iterations, "teacher_test_accuracy": tm["test_accuracy"],
                          "first_own_block": m.game.first, "real_images": 0, "device": str(device),
-                         "torch_threads": torch.get_num_threads(), "cache_key": entry.key})
+                         "machine": machine(device), "torch_threads": torch.get_num_threads(), "cache_key": entry.key})

@@ -18,13 +18,13 @@ import torch
 
 from . import data as D
 from .baselines import check_kind, train_baseline
-from .batched import SharedBoundaries, train_seeds
-from .cache import Entry, _plain, default_output_root, warn
+from .batched import SharedBoundaries, stack_name, train_seeds
+from .cache import DamagedEntry, Entry, _plain, check_metrics, default_output_root, warn
 from .device import machine, pick_device
 from .evaluate import count_flops, count_params, predict
 from .graft import GraftParts, export_student, folds_adapters
 from .inversion import check_source, noise_images, synthetic_pool, take
-from .models import BlockNet, build, family, spec_from_dict
+from .models import BlockNet, build, family, load_state, spec_from_dict
 from .models.inherit import inherit
 from .profiles import BASELINE_METHODS, GRAFT_METHODS, METHODS, GraftSchedule, get_profile
 from .teacher import (check_teacher, get_teacher, teacher_entry, teacher_spec_for, teacher_stamp,
@@ -339,7 +339,7 @@ def _train_together(settings: list[Setting], sched, s_spec, stack: str, method: 
             "fold_same_predictions": bool((logits_f.argmax(1) == logits_u.argmax(1)).all()),
             **static, "teacher_spec": teacher.spec, "student_spec": s_spec, "schedule": sched,
             "device": str(s.x.device), "torch_threads": torch.get_num_threads(), "machine": machine(s.x.device),
-            "data_source": s.data_source, "images": len(s.x), "image_source": s.image_source,
+            "seed_stack": stack_name(s.x.device, stack), "data_source": s.data_source, "images": len(s.x), "image_source": s.image_source,
         }, {"parts.pt": p.state_dict(), "student.pt": student.state_dict()}))
     return out
 
@@ -388,14 +388,20 @@ def run_method(method: str, dataset: str, shots: int, seed: int = 0, profile="cp
 
 
 def load_student(metrics: dict, output_root=None, device=None) -> BlockNet:
-    """The folded student of a finished NetGraft run, rebuilt from its specs and weights."""
-    entry_dir = Path(output_root if output_root is not None else default_output_root()) / "cache" / "netgraft" / \
-        metrics["cache_key"]
+    """The folded student of a finished NetGraft run, rebuilt from its specs and weights. A damaged or missing
+    checkpoint moves the run's entry aside (asking for the run again trains it anew) and says so."""
+    entry = Entry.stored(output_root, "netgraft", metrics["cache_key"])
     t_spec, s_spec = spec_from_dict(metrics["teacher_spec"]), spec_from_dict(metrics["student_spec"])
     skeleton = new_parts(build(t_spec, init=False), s_spec, 0)
     student = export_student(build(t_spec, init=False), skeleton, folded=True)
     dev = pick_device(device)
-    student.load_state_dict(torch.load(entry_dir / "student.pt", map_location=dev, weights_only=True))
+    try:
+        state = entry.load_tensors("student.pt")
+    except DamagedEntry as err:
+        if entry.dir.is_dir():
+            entry.quarantine(str(err))
+        raise DamagedEntry(f"{err}; run the chapter (or `nbgraft graft`) again to train this student anew") from None
+    load_state(student, state, f"student checkpoint {entry.path('student.pt')}")
     return student.to(dev).eval()
 
 
@@ -414,10 +420,8 @@ def cached_runs(method: str, output_root=None, *, profile=None, dataset: str | N
         if ".damaged-" in path.parent.name:
             continue
         try:
-            m = json.loads(path.read_text())
-            if not isinstance(m, dict) or "test_accuracy" not in m:
-                raise ValueError("no test accuracy in it")
-        except (OSError, ValueError) as err:  # json's errors are ValueErrors
+            m = check_metrics(kind, json.loads(path.read_text()), path, path.parent.name)
+        except (OSError, ValueError, DamagedEntry) as err:  # json's errors are ValueErrors
             warn(f"skipping the unreadable cache entry {path} ({err}); it is computed again when asked for")
             continue
         if m.get("method", kind) == method and m.get("image_source", "real") == source:

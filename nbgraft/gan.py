@@ -17,7 +17,7 @@ from torch import nn
 
 from . import data as D
 from .cache import Entry, default_output_root
-from .device import pick_device
+from .device import machine, pick_device
 from .models import BlockNet
 from .onestage import (GAN_LOSSES, Noise, Players, TimingSchedule, check_training_scheme, full, gan_d_loss, gan_g_loss,
                        generator_factor, rescale_grad, run_config, train_run, wall_clock_budget)
@@ -128,7 +128,7 @@ class GanGame:
         d_loss, g_loss = gan_d_loss(o_real, o_fake), gan_g_loss(o_fake, self.loss)
         rescale_grad(fake, generator_factor(o_fake, self.loss))
         d_loss.backward()
-        return {"d_loss": d_loss.item(), "g_loss": g_loss.item()}
+        return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach()}
 
     def d_stage(self, batch: dict, fake: torch.Tensor | None = None) -> dict:
         if fake is None:
@@ -136,7 +136,7 @@ class GanGame:
                 fake = self.gen(batch["z"])
         d_loss = gan_d_loss(*self._outputs(batch["real"], fake.detach()))
         d_loss.backward()
-        return {"d_loss": d_loss.item()}
+        return {"d_loss": d_loss.detach()}
 
     def g_stage(self, batch: dict, fake: torch.Tensor | None = None, freeze: bool = True) -> dict:
         """Fresh noise `z2` unless the D stage's fakes are reused; `freeze`: no weight gradients for D."""
@@ -147,7 +147,7 @@ class GanGame:
             g_loss.backward()
         finally:
             self.disc.requires_grad_(True)
-        return {"g_loss": g_loss.item()}
+        return {"g_loss": g_loss.detach()}
 
 
 # --------------------------------------------------------------------------- quality score
@@ -297,4 +297,5 @@ def run_gan(scheme: str, profile="cpu", seed: int = 0, *, data_root=None, output
     return entry.finish({**entry.config, **log, "budget_s": budget_s, "frechet": log["checkpoints"][-1]["frechet"],
                          "frechet_real_vs_real": frechet_distance(train_feat, val_feat), "fd_samples": n_fd,
                          "teacher_test_accuracy": tm["test_accuracy"], "feature_dim": int(val_feat.shape[1]),
-                         "device": str(device), "torch_threads": torch.get_num_threads(), "cache_key": entry.key})
+                         "device": str(device), "machine": machine(device), "torch_threads": torch.get_num_threads(),
+                         "cache_key": entry.key})

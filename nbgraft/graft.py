@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data as D
-from .device import autocast
+from .device import accumulator, autocast
 from .models import BlockNet
 from .profiles import GraftSchedule
 from .training import generator, progress
@@ -416,13 +416,13 @@ def graft_blocks(teacher: BlockNet, parts: GraftParts, x: torch.Tensor, sched: G
         n_epochs = max(epochs[i] for i in group)
         for epoch in progress(range(n_epochs), desc=f"block stage {'+'.join(str(i + 1) for i in group)}"):
             active = [i for i in group if epoch < epochs[i]]
-            sums = {i: 0.0 for i in active}
+            sums = {i: accumulator(x.device) for i in active}  # read once per epoch: no host sync per step
             for b, xb in _epoch_batches(x, bs, seed, epoch, sched):
                 acts = cache.get(b, xb)
                 total = 0.0
                 for i in active:
                     loss = hybrid_loss(grafted[i], acts[i], acts, sched)
-                    sums[i] += loss.item() * len(b)
+                    sums[i] += loss.detach().to(sums[i].dtype) * len(b)
                     total = total + loss
                 for i in active:
                     opts[i].zero_grad(set_to_none=True)
@@ -430,7 +430,7 @@ def graft_blocks(teacher: BlockNet, parts: GraftParts, x: torch.Tensor, sched: G
                 for i in active:
                     opts[i].step()
             for i in active:
-                log.losses.setdefault(f"block{i + 1}", []).append(sums[i] / len(x))
+                log.losses.setdefault(f"block{i + 1}", []).append(sums[i].item() / len(x))
     log.wall_s = time.perf_counter() - t0
     return log
 
@@ -465,15 +465,15 @@ def graft_net(teacher: BlockNet, parts: GraftParts, x: torch.Tensor, sched: Graf
         model = Grafted(teacher, parts, a, b)
         name = f"chain{a + 1}-{b + 1}"
         for epoch in progress(range(n_epochs), desc=f"net stage {name}"):
-            total = 0.0
+            total = accumulator(x.device)
             for bi, xb in _epoch_batches(x, bs, seed + 7919 * (b + 1), epoch, sched):
                 acts = cache.get(bi, xb)
                 loss = hybrid_loss(model, acts[a], acts, sched)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total += loss.item() * len(bi)
-            log.losses.setdefault(name, []).append(total / len(x))
+                total += loss.detach().to(total.dtype) * len(bi)
+            log.losses.setdefault(name, []).append(total.item() / len(x))
         if on_step is not None:
             on_step(a, b)
     log.wall_s = time.perf_counter() - t0

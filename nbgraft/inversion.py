@@ -24,7 +24,7 @@ from torch import nn
 
 from . import data as D
 from .cache import Entry
-from .device import pick_device
+from .device import machine, pick_device
 from .evaluate import predict
 from .profiles import get_profile, schedule_for
 from .teacher import get_teacher, teacher_entry
@@ -217,7 +217,8 @@ def _make_pool(entry: Entry, net, tm: dict, sched: InversionSchedule, dataset: s
         "teacher_accuracy_on_synthetic": hit.mean().item() * 100,
         "teacher_classes_hit": int(torch.unique(pred).numel()),
         "teacher_test_accuracy": tm["test_accuracy"], "losses": log, "bn_layers": log["bn_layers"],
-        "device": str(device), "torch_threads": torch.get_num_threads(), "cache_key": entry.key,
+        "device": str(device), "machine": machine(device), "torch_threads": torch.get_num_threads(),
+        "cache_key": entry.key,
     })
 
 

@@ -18,7 +18,8 @@ two-stage's generator step then sees statistics of the fakes alone. In training 
 together, whereas two-stage's generator step sees the discriminator after its update.
 
 A game here is an object with `gen`, `disc` (the player trained on L_D) and three methods that fill the
-players' gradients: `one_stage(batch)`, `d_stage(batch, fake=None)`, `g_stage(batch, fake=None, freeze=True)`.
+players' gradients: `one_stage(batch)`, `d_stage(batch, fake=None)`, `g_stage(batch, fake=None, freeze=True)`;
+each returns its losses as detached tensors (reading them is a host sync, left to the caller).
 """
 
 from __future__ import annotations
@@ -222,6 +223,7 @@ def train_run(m: Players, scheme: str, noise: Noise, iterations: int, budget_s: 
         train_s += time.perf_counter() - t0
         it += 1
         bar.update()
+        out = {k: float(out[k]) for k in losses}  # the games hand back tensors: read after the timed step
         for k in losses:
             losses[k].append(out[k])
         if not all(math.isfinite(out[k]) for k in losses):

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from . import data as D
 from .cache import DamagedEntry, Entry, warn
-from .device import autocast, machine, pick_device
+from .device import accumulator, autocast, machine, pick_device, policy
 from .evaluate import predict, report
 from .models import BlockNet, build, load_state, spec_from_dict
 from .models import resnet as R
@@ -124,14 +124,16 @@ def _get_teacher(entry: Entry, dataset: str, profile, seed: int, data_root, outp
             return load()
         except DamagedEntry:
             pass  # moved aside under the lock, below
-    with entry.lock():
-        try:
-            return load()
-        except DamagedEntry as err:
-            entry.quarantine(str(err))
-    # It was damaged: computed again from scratch.
-    return get_teacher(dataset, profile, seed=seed, data_root=data_root, output_root=output_root, device=device,
-                       teacher=teacher)
+    why = ""
+    for _ in range(2):  # a damaged entry is moved aside and computed again once, never in a loop
+        with entry.lock():
+            try:
+                return load()
+            except DamagedEntry as err:
+                why = str(err)
+                entry.quarantine(why)
+    raise DamagedEntry(f"{why}, even after computing the teacher again: check the disk under {entry.dir.parent} "
+                       "(space, permissions) and run the command again")
 
 
 def teacher_test_predictions(dataset: str, profile="cpu", *, seed: int = 0, data_root=None, output_root=None,
@@ -163,9 +165,38 @@ def _published(name: str, entry: Entry, profile, data_root, device) -> tuple[Blo
         entry.start()
         entry.save_tensors("test_pred.pt", pred)
         entry.finish({"test_accuracy": acc, "published_test_accuracy": info["test_accuracy"], "weights": str(path),
-                      "history": [], "wall_s": time.perf_counter() - t0, "device": str(device),
+                      "history": [], "wall_s": time.perf_counter() - t0, "device": str(device), "machine": machine(device),
                       "torch_threads": torch.get_num_threads(), "data_source": data.source, "train_images": 0})
     return model, entry.metrics()
+
+
+CHECKPOINT_EVERY_S = 30.0
+
+
+def train_epoch(model: BlockNet, x: torch.Tensor, y: torch.Tensor, opt, lr_sched, sched, gen: torch.Generator
+                ) -> tuple[float, float]:
+    """One epoch of the teacher's SGD over (x, y) in shuffled, augmented batches; (mean loss, accuracy %).
+
+    Everything stays on the device: batch indices, augmentation, the running sums (read once, at the end)."""
+    model.train()
+    device = x.device
+    loss_sum, correct = accumulator(device), accumulator(device)
+    channels_last = policy(device).channels_last
+    for b in D.batches(len(x), sched.batch_size, gen):
+        b = b.to(device)
+        xb = D.augment(x[b], gen)
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with autocast(device):
+            logits = model(xb)
+            loss = F.cross_entropy(logits.float(), y[b], label_smoothing=sched.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        lr_sched.step()
+        loss_sum += loss.detach().to(loss_sum.dtype) * len(b)
+        correct += (logits.argmax(1) == y[b]).sum()
+    return loss_sum.item() / len(x), 100 * int(correct.item()) / len(x)
 
 
 def _train(model: BlockNet, entry: Entry, profile, data_root, device: torch.device) -> None:
@@ -196,35 +227,26 @@ def _train(model: BlockNet, entry: Entry, profile, data_root, device: torch.devi
         print(f"resuming teacher {entry.key} at epoch {state['epoch']}/{sched.epochs}")
     print(f"training teacher {entry.key} on {len(x)} images from {data.source} ({device})")
     entry.start()
-    if device.type == "cuda":
+    if policy(device).channels_last:
         model.to(memory_format=torch.channels_last)
     bar = progress(range(state["epoch"], sched.epochs), desc="teacher", initial=state["epoch"], total=sched.epochs)
+    saved_at = time.perf_counter()
     for epoch in bar:
         t0 = time.perf_counter()
         gen = generator(cfg["seed"] * 100003 + epoch, device)
-        model.train()
-        loss_sum, correct = 0.0, 0
-        for b in D.batches(len(x), sched.batch_size, gen):
-            b = b.to(device)
-            xb = D.augment(x[b], gen)
-            with autocast(device):
-                logits = model(xb)
-                loss = F.cross_entropy(logits.float(), y[b], label_smoothing=sched.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            lr_sched.step()
-            loss_sum += loss.item() * len(b)
-            correct += (logits.argmax(1) == y[b]).sum().item()
+        loss, acc = train_epoch(model, x, y, opt, lr_sched, sched, gen)
         val = report(model, x_val, y_val)["accuracy"]
         state["wall_s"] += time.perf_counter() - t0
         state["epoch"] = epoch + 1
-        state["history"].append({"epoch": epoch + 1, "train_loss": loss_sum / len(x),
-                                 "train_accuracy": 100 * correct / len(x), "val_accuracy": val,
+        state["history"].append({"epoch": epoch + 1, "train_loss": loss, "train_accuracy": acc, "val_accuracy": val,
                                  "wall_s": state["wall_s"]})
-        bar.set_postfix(loss=f"{loss_sum / len(x):.3f}", val=f"{val:.1f}")
-        entry.save_tensors("resume.pt", {"model": model.state_dict(), "opt": opt.state_dict(),
-                                         "lr_sched": lr_sched.state_dict(), "state": state})
+        bar.set_postfix(loss=f"{loss:.3f}", val=f"{val:.1f}")
+        # A checkpoint to resume from, at most every CHECKPOINT_EVERY_S (a GPU epoch of the paper's VGG16 takes
+        # about 2 s, and writing its 120 MB of weights and momenta would cost a tenth of it).
+        if time.perf_counter() - saved_at >= CHECKPOINT_EVERY_S and epoch + 1 < sched.epochs:
+            entry.save_tensors("resume.pt", {"model": model.state_dict(), "opt": opt.state_dict(),
+                                             "lr_sched": lr_sched.state_dict(), "state": state})
+            saved_at = time.perf_counter()
     model.eval()
     x_test, y_test = D.test_arrays(data, profile.test_limit)
     test_pred = predict(model, D.to_tensor(x_test, data.name, device)).argmax(1).cpu()

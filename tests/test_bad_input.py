@@ -16,7 +16,7 @@ import torch
 
 from nbgraft import __version__
 from nbgraft import data as D
-from nbgraft.cache import Entry, atomic_write_json
+from nbgraft.cache import DamagedEntry, Entry, atomic_write_json
 from nbgraft.cli import main as cli_main
 from nbgraft.experiments import cached_runs, check_parameters, run_baseline
 from nbgraft.teacher import get_teacher, teacher_config, teacher_test_predictions
@@ -163,7 +163,8 @@ def test_a_garbage_resume_checkpoint_restarts_training(data_root, tmp_path, caps
 
 
 def test_table_skips_and_names_unreadable_entries(tmp_path, capsys):
-    good = {"method": "kd", "dataset": "cifar10", "test_accuracy": 12.0, "wall_s": 1.0}
+    good = {"method": "kd", "dataset": "cifar10", "test_accuracy": 12.0, "test_agreement": 13.0,
+            "val_accuracy": 11.0, "wall_s": 1.0}
     atomic_write_json(tmp_path / "cache" / "kd" / "a" / "metrics.json", good)
     (tmp_path / "cache" / "kd" / "b").mkdir(parents=True)
     (tmp_path / "cache" / "kd" / "b" / "metrics.json").write_text('{"test_acc')
@@ -290,3 +291,230 @@ def test_cache_files_are_readable_by_others(tmp_path):
 def test_baseline_with_unknown_kind_or_method(data_root, tmp_path):
     with pytest.raises(ValueError, match="unknown baseline 'distill'"):
         run_baseline("distill", "cifar10", 1, 0, "tiny", data_root=data_root, output_root=tmp_path)
+
+
+# --------------------------------------------------------------------------- 9. reliability, second round (issue 27)
+def _damaged(root: Path) -> list[Path]:
+    return sorted(root.rglob("*.damaged-*"))
+
+
+def _stamps(root: Path) -> dict:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+def test_cpu_with_an_index_reads_the_cached_teacher(tiny_teacher, data_root, tmp_path, capsys):
+    """`--device cpu:0` once took the cached teacher for damage and retrained it in an endless loop."""
+    out = _copy(tiny_teacher, tmp_path)
+    before = _stamps(out)
+    for device in ("cpu:0", "cpu:1", "cpu"):
+        code, err = _cli(["teacher", "--profile", "tiny", "--device", device, "--data-root", str(data_root),
+                          "--output-root", str(out)], capsys)
+        assert code == 0 and "moved the entry" not in err, (device, err)
+    assert _damaged(out) == [] and {k: v for k, v in _stamps(out).items() if ".lock" not in k} == \
+        {k: v for k, v in before.items() if ".lock" not in k}
+
+
+def test_a_device_that_cannot_take_the_checkpoint_is_no_damage(tiny_teacher, data_root, tmp_path, capsys,
+                                                               monkeypatch):
+    """Out of memory (or any device error) while loading a good teacher: one line saying what to change, and
+    the entry stays where it is."""
+    import nbgraft.cache as C
+    import nbgraft.teacher as T
+
+    out = _copy(tiny_teacher, tmp_path)
+    T._LOADED.clear()
+
+    def no_room(obj, device):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(C, "to_device", no_room)
+    code, err = _cli(["teacher", "--profile", "tiny", "--device", "cpu", "--data-root", str(data_root),
+                      "--output-root", str(out)], capsys)
+    assert code == 0  # cpu loads need no move
+    monkeypatch.setattr(C.Entry, "load_tensors",
+                        lambda self, name, map_location="cpu": no_room(None, map_location))
+    T._LOADED.clear()
+    code, err = _cli(["teacher", "--profile", "tiny", "--device", "cpu", "--data-root", str(data_root),
+                      "--output-root", str(out)], capsys)
+    assert code == 2 and err.startswith("nbgraft: error: the GPU ran out of memory") and err.count("\n") == 1
+    assert "fewer seeds" in err and "--device cpu" in err
+    assert _damaged(out) == []
+
+
+@pytest.mark.parametrize("device", ["xpu", "meta", "cuda:7", "tpu"])
+def test_devices_nbgraft_cannot_use_are_one_line(data_root, tmp_path, capsys, device):
+    code, err = _cli(["teacher", "--profile", "tiny", "--device", device, "--data-root", str(data_root),
+                      "--output-root", str(tmp_path)], capsys)
+    assert code == 2 and err.startswith("nbgraft: error:") and err.count("\n") == 1 and repr(device) in err
+    assert _cache_files(tmp_path) == []
+
+
+def test_a_teacher_damaged_again_after_recomputing_is_an_error_not_a_loop(data_root, tmp_path, monkeypatch):
+    import nbgraft.cache as C
+    import nbgraft.teacher as T
+
+    real = C.Entry.load_tensors
+
+    def model_always_damaged(self, name, map_location="cpu"):
+        if name == "model.pt":
+            raise C.DamagedEntry(f"{self.path(name)} cannot be read (simulated)")
+        return real(self, name, map_location)
+
+    monkeypatch.setattr(C.Entry, "load_tensors", model_always_damaged)
+    T._LOADED.clear()
+    with pytest.raises(C.DamagedEntry, match="even after computing the teacher again"):
+        get_teacher("cifar10", "tiny", data_root=data_root, output_root=tmp_path, device="cpu")
+    assert len(_damaged(tmp_path)) == 2  # the first one, and the recomputed one: kept, and no third try
+
+
+def test_data_replaced_with_the_same_size_and_mtime_is_hashed_again(tmp_path):
+    npz = _write(tmp_path / "d")
+    first = D.load_dataset("cifar10", npz.parent, download=False).fingerprint
+    st = npz.stat()
+    arrays = _good_arrays()
+    arrays["y_train"] = (arrays["y_train"] + 1) % 10  # relabelled: same shapes, same file size
+    tmp = tmp_path / "new.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, npz)
+    os.utime(npz, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert npz.stat().st_size == st.st_size and npz.stat().st_mtime_ns == st.st_mtime_ns
+    D._LOADED.clear()
+    again = D.load_dataset("cifar10", npz.parent, download=False)
+    assert again.fingerprint != first and again.fingerprint == D.array_fingerprint(again)
+    assert (again.y_train == arrays["y_train"]).all()
+
+
+def test_labels_missing_classes_are_refused(tmp_path, capsys):
+    npz = _write(tmp_path / "data", y_train=np.zeros(200, dtype=np.int64))
+    out = tmp_path / "out"
+    code, err = _cli(["teacher", "--data-root", str(npz.parent), "--output-root", str(out), *TINY], capsys)
+    assert code == 2 and "y_train has no image of class(es) [1, 2, 3" in err and str(npz) in err
+    assert err.count("\n") == 1 and _cache_files(out) == []
+
+
+def test_npz_members_that_are_not_arrays(tmp_path, capsys):
+    import zipfile
+
+    (tmp_path / "data").mkdir()
+    with zipfile.ZipFile(tmp_path / "data" / "cifar10.npz", "w") as z:
+        for k in ("x_train", "y_train", "x_test", "y_test"):
+            z.writestr(k, b"raw bytes, not .npy")
+    D._LOADED.clear()
+    code, err = _cli(["teacher", "--data-root", str(tmp_path / "data"), "--output-root", str(tmp_path / "o"), *TINY],
+                     capsys)
+    assert code == 2 and "are not .npy arrays" in err and "cifar10.npz" in err and err.count("\n") == 1
+
+
+def test_a_folder_named_like_the_arrays_is_called_a_folder(tmp_path, capsys):
+    (tmp_path / "data" / "cifar10.npz").mkdir(parents=True)
+    D._LOADED.clear()
+    with pytest.raises(FileNotFoundError, match=r"cifar10.npz \(a folder, not a file\)"):
+        D.load_dataset("cifar10", tmp_path / "data", download=False)
+
+
+def test_a_failed_lookup_leaves_no_folder_behind(tmp_path, monkeypatch):
+    def failing_download(name, root, download, source):  # what torchvision does offline: mkdir, then fail
+        Path(root).mkdir(parents=True, exist_ok=True)
+        raise RuntimeError("no network")
+
+    monkeypatch.setattr(D, "_from_torchvision", failing_download)
+    D._LOADED.clear()
+    missing = tmp_path / "nowhere" / "data"
+    with pytest.raises(FileNotFoundError, match="no network"):
+        D.load_dataset("cifar10", missing)
+    assert not missing.exists()
+
+
+def test_unreadable_data_says_permission_not_rebuild(tmp_path, capsys, monkeypatch):
+    npz = _write(tmp_path / "data")
+
+    def denied(*a, **kw):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(np, "load", denied)
+    D._LOADED.clear()
+    code, err = _cli(["teacher", "--data-root", str(npz.parent), "--output-root", str(tmp_path / "o"), *TINY], capsys)
+    assert code == 2 and "permission denied" in err and "chmod a+r" in err and "rebuild" not in err
+
+
+def test_unreadable_metrics_are_not_damage(tmp_path, monkeypatch):
+    e = Entry(tmp_path, "kd", {"k": 1})
+    e.finish({"test_accuracy": 1.0, "test_agreement": 1.0, "val_accuracy": 1.0, "wall_s": 1.0})
+
+    def denied(self, *a, **kw):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_text", denied)
+    with pytest.raises(PermissionError):
+        e.done
+    monkeypatch.undo()
+    assert e.done and _damaged(tmp_path) == []
+
+
+@pytest.mark.parametrize("metrics, says", [
+    ({"test_accuracy": 99.9}, "is not a finished run: it lacks"),
+    ({"test_accuracy": "high", "test_agreement": 1, "val_accuracy": 1, "wall_s": 1}, "should be numbers"),
+    ({"test_accuracy": float("nan"), "test_agreement": 1, "val_accuracy": 1, "wall_s": 1}, "should be numbers"),
+    ({"test_accuracy": 1, "test_agreement": 1, "val_accuracy": 1, "wall_s": 1, "cache_key": "0123"}, "belongs to"),
+])
+def test_json_that_is_not_a_finished_run_is_moved_aside(tmp_path, capsys, metrics, says):
+    e = Entry(tmp_path, "netgraft", {"k": 1})
+    e.start()
+    atomic_write_json(e.path("metrics.json"), metrics)
+    assert not e.done
+    assert says in capsys.readouterr().err and len(_damaged(tmp_path)) == 1
+    e.start()
+    atomic_write_json(e.path("metrics.json"), metrics)
+    assert cached_runs("netgraft", tmp_path) == []  # the table skips it, naming it
+    assert says in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_damaged_checkpoints_of_cached_runs_are_noticed_and_computed_once(tiny_teacher, data_root, tmp_path, capsys):
+    """A cached run whose checkpoint is missing, truncated or whose metrics are not a run: moved aside and trained
+    again (the same numbers), reported as 'now'; loading its student names the file and the fix."""
+    from nbgraft.experiments import load_student, run_netgraft
+
+    out = _copy(tiny_teacher, tmp_path)
+    common = ["--profile", "tiny", "--device", "cpu", "--data-root", str(data_root), "--output-root", str(out),
+              "--shots", "1", "--method", "netgraft"]
+    code = cli_main(["graft", *common])
+    first = capsys.readouterr()
+    assert code == 0
+    kw = {"data_root": data_root, "output_root": out, "device": "cpu"}
+    good = run_netgraft("cifar10", 1, 0, "tiny", **kw)
+    entry = Entry.stored(out, "netgraft", good["cache_key"])
+    assert set(good["files"]) == {"parts.pt", "student.pt"}
+    code = cli_main(["graft", *common])
+    assert code == 0 and "(from the cache:" in capsys.readouterr().out
+    damages = [lambda: entry.path("student.pt").unlink(),
+               lambda: entry.path("parts.pt").write_bytes(entry.path("parts.pt").read_bytes()[:-50]),
+               lambda: atomic_write_json(entry.path("metrics.json"), {"test_accuracy": 99.9})]
+    for n, damage in enumerate(damages, start=1):
+        damage()
+        code = cli_main(["graft", *common])
+        text = capsys.readouterr()
+        assert code == 0 and "(now:" in text.out and "moved the entry to" in text.err
+        assert len(_damaged(out / "cache" / "netgraft")) == n
+        again = run_netgraft("cifar10", 1, 0, "tiny", **kw)
+        assert again["test_accuracy"] == good["test_accuracy"]  # the same run, computed again on the same machine
+    entry.path("student.pt").write_bytes(b"garbage")
+    with pytest.raises(DamagedEntry, match="run the chapter"):
+        load_student(again, out)
+    assert not entry.dir.exists()  # moved aside: asking for the run trains it anew
+    assert "(now:" in first.out
+
+
+def test_table_on_a_missing_root_is_one_line(tmp_path, capsys):
+    code = cli_main(["table", "--output-root", str(tmp_path / "nothing")])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == "" and captured.err.startswith("nbgraft: error: no cache under")
+    assert str(tmp_path / "nothing") in captured.err and captured.err.count("\n") == 1
+
+
+def test_the_published_teacher_message_names_what_a_user_can_set(tmp_path):
+    from nbgraft.models import resnet as R
+
+    with pytest.raises(FileNotFoundError, match="NBGRAFT_TEACHERS") as err:
+        R.load_published("resnet56", tmp_path / "resnet56-4bfd9763.th")
+    assert "teachers_root=" not in str(err.value)

@@ -11,7 +11,7 @@ from torch import nn
 
 from nbgraft import data as D
 from nbgraft import graft as G
-from nbgraft.cache import Entry, cached, config_hash
+from nbgraft.cache import BOOKKEEPING, Entry, cached, config_hash
 from nbgraft.cli import main as cli_main
 from nbgraft.evaluate import eval_batch, predict
 from nbgraft.experiments import new_parts
@@ -156,7 +156,9 @@ def test_cache_round_trip_and_atomic_writes(tmp_path):
     e.save_tensors("w.pt", {"x": torch.arange(3)})
     e.finish({"acc": 12.5})
     again = Entry(tmp_path, "thing", cfg)
-    assert again.done and again.metrics() == {"acc": 12.5}
+    assert again.done and {k: v for k, v in again.metrics().items() if k not in BOOKKEEPING} == {"acc": 12.5}
+    assert again.metrics()["files"] == {"w.pt": e.path("w.pt").stat().st_size}
+    assert again.metrics()["cache_key"] == again.key
     assert torch.equal(again.load_tensors("w.pt")["x"], torch.arange(3))
     assert json.loads(again.path("config.json").read_text()) == cfg
     assert not [p for p in e.dir.iterdir() if p.name.startswith(".")]  # no temp files left behind
@@ -169,9 +171,9 @@ def test_a_cached_computation_runs_once_per_config(tmp_path):
         calls.append(v)
         return {"acc": v}
 
-    assert cached("demo", {"v": 1}, lambda: compute(1), tmp_path) == {"acc": 1}
-    assert cached("demo", {"v": 1}, lambda: compute(99), tmp_path) == {"acc": 1}  # read back, not run
-    assert cached("demo", {"v": 2}, lambda: compute(2), tmp_path) == {"acc": 2}
+    assert cached("demo", {"v": 1}, lambda: compute(1), tmp_path)["acc"] == 1
+    assert cached("demo", {"v": 1}, lambda: compute(99), tmp_path)["acc"] == 1  # read back, not run
+    assert cached("demo", {"v": 2}, lambda: compute(2), tmp_path)["acc"] == 2
     assert calls == [1, 2]
 
 
@@ -189,11 +191,13 @@ def test_schedule_fields_added_later_leave_earlier_cache_keys_alone():
     assert replace(longer, block_epochs=(0,)).block_epochs_at(0, 10) == 0  # a skipped block stage stays skipped
 
 
-def test_interrupted_teacher_training_resumes_to_the_same_weights(tmp_path, data_root, monkeypatch):
+def test_interrupted_teacher_training_resumes_to_the_same_weights(tmp_path, data_root, monkeypatch, capsys):
     from dataclasses import replace
 
     import nbgraft.teacher as T
     from nbgraft.profiles import TeacherSchedule
+
+    monkeypatch.setattr(T, "CHECKPOINT_EVERY_S", 0.0)  # a checkpoint after every epoch
 
     base = get_profile("tiny")
     prof = replace(base, teacher={d: TeacherSchedule(epochs=2, train_limit=1000) for d in base.teacher})
@@ -213,6 +217,7 @@ def test_interrupted_teacher_training_resumes_to_the_same_weights(tmp_path, data
         get_teacher("cifar10", prof, data_root=data_root, output_root=tmp_path / "b", device="cpu")
     monkeypatch.setattr(T, "report", real_report)
     resumed, metrics = get_teacher("cifar10", prof, data_root=data_root, output_root=tmp_path / "b", device="cpu")
+    assert "at epoch 1/2" in capsys.readouterr().out  # it resumed, not started again
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
     for p, q in zip(full.state_dict().values(), resumed.state_dict().values()):
         torch.testing.assert_close(p, q)

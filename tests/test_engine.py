@@ -183,7 +183,7 @@ def test_vmapped_seeds_equal_single_runs_over_their_first_steps(settings, augmen
 
 
 TIMING_KEYS = {"wall_s", "train_s", "init_s", "block_stage_s", "net_stage_s", "batched_seeds", "batched_wall_s",
-               "torch_threads"}
+               "torch_threads", "finished_at"}
 
 
 def test_graft_seeds_fills_run_netgraft_cache(out_root, settings, tmp_path):

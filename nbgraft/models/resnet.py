@@ -321,7 +321,7 @@ def load_published(name: str, path: str | Path, num_classes: int = 10) -> BlockN
     info, path = PUBLISHED[name], Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"the {name} weights are not at {path}: put {info['file']} there (see the README, "
-                                "'Published teacher'), or pass its folder with teachers_root=...")
+                                "'The published teacher'), or set NBGRAFT_TEACHERS to the folder that holds it")
     digest = _md5(path)
     if digest != info["md5"]:
         raise ValueError(f"{path} is not the published {name} checkpoint (md5 {digest}, expected {info['md5']}): "
