@@ -23,7 +23,7 @@ from .cache import DamagedEntry, Entry, _plain, check_metrics, default_output_ro
 from .device import machine, pick_device
 from .evaluate import count_flops, count_params, predict
 from .graft import GraftParts, export_student, folds_adapters
-from .inversion import check_source, noise_images, synthetic_pool, take
+from .inversion import check_source, noise_images, synthetic_entry, synthetic_pool, take
 from .models import BlockNet, build, family, load_state, spec_from_dict
 from .models.inherit import inherit
 from .profiles import BASELINE_METHODS, GRAFT_METHODS, METHODS, GraftSchedule, get_profile
@@ -142,14 +142,43 @@ def _balanced_prefix(y: np.ndarray, pool: np.ndarray, size: int) -> np.ndarray:
     return np.sort(np.concatenate([pool[y[pool] == c][:per] for c in classes]))
 
 
-def _base_config(s: Setting, method: str) -> dict:
-    cfg = {"method": method, "dataset": s.dataset, "shots": s.shots, "seed": s.seed, "teacher": s.teacher_key,
-           "test_limit": s.profile.test_limit, "val_report_size": VAL_REPORT_SIZE}
-    if s.teacher_name != "vgg16":
-        cfg["teacher_name"] = s.teacher_name
-    if s.image_source != "real":  # real runs keep the keys they had before sources existed
-        cfg.update(image_source=s.image_source, image_key=s.image_key)
+def base_config(method: str, dataset: str, shots: int, seed: int, profile, teacher_name: str, teacher_key: str,
+                image_source: str = "real", image_key: str | None = None) -> dict:
+    """What every run's cache key holds besides its schedule and student: the method, the draw, the teacher."""
+    cfg = {"method": method, "dataset": dataset, "shots": shots, "seed": seed, "teacher": teacher_key,
+           "test_limit": get_profile(profile).test_limit, "val_report_size": VAL_REPORT_SIZE}
+    if teacher_name != "vgg16":
+        cfg["teacher_name"] = teacher_name
+    if image_source != "real":  # real runs keep the keys they had before sources existed
+        cfg.update(image_source=image_source, image_key=image_key)
     return cfg
+
+
+def _base_config(s: Setting, method: str) -> dict:
+    return base_config(method, s.dataset, s.shots, s.seed, s.profile, s.teacher_name, s.teacher_key, s.image_source,
+                       s.image_key)
+
+
+def run_entry(method: str, dataset: str, shots: int, seed: int = 0, profile="cpu", *, teacher: str = "vgg16",
+              student: dict | None = None, data_root=None, output_root=None, source: str = "real",
+              **schedule_overrides) -> Entry:
+    """The cache entry a run of `method` uses, found without training or loading a network (only the data's
+    hash is read): how a table's `cache_key` is checked against the code."""
+    profile, dataset = get_profile(profile), D.check_dataset(dataset)
+    check_method(method)
+    check_teacher(teacher, dataset)
+    t_key = teacher_entry(dataset, profile, teacher=teacher, data_root=data_root, output_root=output_root).key
+    image_key = None
+    if check_source(source) == "synthetic":
+        image_key = synthetic_entry(dataset, seed, profile, t_key, output_root).key
+    t_spec = teacher_spec_for(dataset, profile, teacher)
+    if method in GRAFT_METHODS:
+        sched = recipe_for(profile, method, dataset, teacher, source)
+    else:
+        sched = profile.recipe(method, dataset, teacher)
+    cfg = {**base_config(method, dataset, shots, seed, profile, teacher, t_key, source, image_key),
+           "schedule": replace(sched, **schedule_overrides), "student": student_spec_for(t_spec, student)}
+    return Entry(output_root, "netgraft" if method in GRAFT_METHODS else method, cfg)
 
 
 MAX_SEED = 2**31

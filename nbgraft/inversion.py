@@ -191,13 +191,18 @@ def synthetic_pool(dataset: str, seed: int = 0, profile="cpu", *, teacher: str =
     net, tm = get_teacher(dataset, profile, data_root=data_root, output_root=output_root, device=device,
                           teacher=teacher)
     t_key = teacher_entry(dataset, profile, teacher=teacher, data_root=data_root, output_root=output_root).key
-    entry = Entry(output_root, "synthetic", {"dataset": dataset, "teacher": t_key, "seed": int(seed),
-                                             "schedule": sched, "method": "deepinversion"})
+    entry = synthetic_entry(dataset, seed, profile, t_key, output_root)
     if not entry.done:
         with entry.lock():
             if not entry.done:
                 _make_pool(entry, net, tm, sched, dataset, seed, device)
     return {**entry.load_tensors("images.pt"), "metrics": entry.metrics()}
+
+
+def synthetic_entry(dataset: str, seed: int, profile, teacher_key: str, output_root=None) -> Entry:
+    """The cache entry of a teacher's synthetic images for one seed (its key is part of the runs on them)."""
+    return Entry(output_root, "synthetic", {"dataset": dataset, "teacher": teacher_key, "seed": int(seed),
+                                            "schedule": inversion_schedule(profile), "method": "deepinversion"})
 
 
 def _make_pool(entry: Entry, net, tm: dict, sched: InversionSchedule, dataset: str, seed: int, device) -> None:

@@ -3,6 +3,7 @@
 import copy
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,9 +18,11 @@ from nbgraft.evaluate import eval_batch, predict
 from nbgraft.experiments import new_parts
 from nbgraft.models import build, load_state
 from nbgraft.models.vgg import student_spec, teacher_spec
-from nbgraft.profiles import get_profile
+from nbgraft.profiles import GRAFT_METHODS, METHODS, get_profile
 from nbgraft.teacher import get_teacher
 from helpers import identity_map
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_grafting_the_teachers_own_blocks_reproduces_its_logits_exactly():
@@ -284,3 +287,25 @@ def test_runs_of_one_teacher_share_its_validation_and_test_tensors(data_root, ti
     assert not torch.equal(a.x[:10], b.x[:10])
     assert torch.equal(a.teacher_val_pred, predict(a.teacher, a.x_val).argmax(1))
     assert len(a.teacher_test_pred) == len(a.y_test) == len(b.y_test)
+
+
+def test_the_committed_runs_keep_their_cache_keys(data_root):
+    """Every run of the committed sweep table (chapter 6: both recipes, the ablation variants and the
+    baselines, CIFAR-10 and CIFAR-100) maps to the cache key it was stored under: a refactoring that changed
+    what enters a key would orphan every cached run (and the book's cached re-run)."""
+    import pandas as pd
+
+    from nbgraft.experiments import run_entry
+    from nbgraft.sweep import variant
+
+    table = pd.read_csv(REPO / "outputs" / "tables" / "06_sweep.csv", dtype={"cache_key": str})
+    assert len(table) > 100 and table.cache_key.str.len().eq(16).all()
+    for row in table.itertuples():
+        if row.method in GRAFT_METHODS or row.method not in METHODS:
+            recipe, overrides, student = variant(row.method)
+            entry = run_entry(recipe, row.dataset, row.shots, row.seed, row.profile, teacher=row.teacher,
+                              student=student, data_root=data_root, **overrides)
+        else:
+            entry = run_entry(row.method, row.dataset, row.shots, row.seed, row.profile, teacher=row.teacher,
+                              data_root=data_root)
+        assert entry.key == row.cache_key, row
