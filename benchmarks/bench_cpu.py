@@ -35,9 +35,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from nbgraft import graft as G  # noqa: E402
+from nbgraft import grafting as G  # noqa: E402
 from nbgraft.device import machine, pick_device  # noqa: E402
-from nbgraft.experiments import new_parts  # noqa: E402
+from nbgraft.grafting import new_parts  # noqa: E402
 from nbgraft.models import build  # noqa: E402
 from nbgraft.models import resnet as R  # noqa: E402
 from nbgraft.models import vgg as V  # noqa: E402

@@ -37,7 +37,7 @@ def main() -> int:
     from nbgraft import data as D
     from nbgraft.device import machine, pick_device
     from nbgraft.evaluate import eval_batch
-    from nbgraft.teacher import get_teacher, teacher_entry
+    from nbgraft.runs.teacher import get_teacher, teacher_entry
 
     device = pick_device("auto")
     m = machine(device)

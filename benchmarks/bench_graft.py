@@ -13,8 +13,8 @@ arrays from disk, done before the clock starts in every part.
 
 Rows: (a) the reference loop of benchmarks/reference_loop.py; with --ref-test-every k > 1 it scores
 the test set only every k-th epoch, and the time of the skipped passes is added back from the
-measured mean pass time, printed separately as an extrapolation; (b) nbgraft.experiments.run_netgraft;
-then S single run_netgraft runs against one nbgraft.batched.graft_seeds call.
+measured mean pass time, printed separately as an extrapolation; (b) nbgraft.runs.experiments.run_netgraft;
+then S single run_netgraft runs against one nbgraft.runs.experiments.graft_seeds call.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def _n_test(args) -> int:
 def _count_test_passes(n_test: int) -> dict:
     """Count forward passes over the whole test set made through nbgraft.evaluate.predict."""
     import nbgraft.evaluate as E
-    import nbgraft.experiments as X
+    import nbgraft.runs.experiments as X
 
     counter = {"full": 0, "suffix": 0}
     orig = E.predict
@@ -117,7 +117,8 @@ def part_reference(args) -> dict:
     from reference_loop import reference_netgraft
 
     from nbgraft.evaluate import predict
-    from nbgraft.experiments import new_parts, prepare, student_spec_for
+    from nbgraft.grafting import new_parts
+    from nbgraft.runs.experiments import prepare, student_spec_for
     from nbgraft.profiles import get_profile
 
     profile = get_profile(args.profile)
@@ -150,7 +151,7 @@ def part_reference(args) -> dict:
 
 
 def part_engine(args) -> dict:
-    from nbgraft.experiments import run_netgraft
+    from nbgraft.runs.experiments import run_netgraft
 
     counter = _count_test_passes(_n_test(args))
     sampler = _RssSampler()
@@ -164,7 +165,7 @@ def part_engine(args) -> dict:
 
 
 def part_singles(args) -> dict:
-    from nbgraft.experiments import run_netgraft
+    from nbgraft.runs.experiments import run_netgraft
 
     counter = _count_test_passes(_n_test(args))
     sampler = _RssSampler()
@@ -177,8 +178,8 @@ def part_singles(args) -> dict:
 
 
 def part_batched(args) -> dict:
-    import nbgraft.batched as B
-    from nbgraft.experiments import graft_seeds
+    import nbgraft.grafting as B
+    from nbgraft.runs.experiments import graft_seeds
 
     n_test = _n_test(args)
     counter = {"full": 0, "suffix": 0}
@@ -210,7 +211,7 @@ PARTS = {"reference": part_reference, "engine": part_engine, "singles": part_sin
 # --------------------------------------------------------------------------- driver
 def _teacher_dir(args, root) -> Path:
     from nbgraft.cache import Entry
-    from nbgraft.teacher import teacher_config
+    from nbgraft.runs.teacher import teacher_config
 
     return Entry(root, "teacher", teacher_config(args.dataset, args.profile, data_root=args.data_root)).dir
 
@@ -223,7 +224,7 @@ def _stage_teacher(args, work: Path) -> Path:
             sys.exit(f"no finished {args.profile} teacher for {args.dataset} under {args.teacher_root}: train it first "
                      f"(python -m nbgraft teacher --dataset {args.dataset} --profile {args.profile}) or point "
                      "--teacher-root at the outputs folder that holds it")
-        from nbgraft.teacher import get_teacher
+        from nbgraft.runs.teacher import get_teacher
 
         get_teacher(args.dataset, args.profile, data_root=args.data_root, output_root=work / "teacher",
                     device=args.device)

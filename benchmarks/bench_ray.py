@@ -35,7 +35,7 @@ def _warm(profile: str, dataset: str, data_root, output_root) -> int:
     """Import torch and nbgraft and build the teacher's per-process tensors here (untimed); the process id."""
     import torch
 
-    from nbgraft.experiments import prepare
+    from nbgraft.runs.experiments import prepare
 
     torch.set_num_threads(1)
     prepare(dataset, 1, 0, profile, data_root=data_root, output_root=output_root, device="cpu")
@@ -61,10 +61,10 @@ def main() -> int:
     import ray
     import torch
 
-    from nbgraft import sweep as S
-    from nbgraft.cluster import run_sweep_ray
+    from nbgraft.runs import sweep as S
+    from nbgraft.runs.cluster import run_sweep_ray
     from nbgraft.device import machine
-    from nbgraft.teacher import get_teacher, teacher_entry
+    from nbgraft.runs.teacher import get_teacher, teacher_entry
 
     grid = {"datasets": args.dataset, "shots": args.shots, "seeds": args.seeds, "methods": ["netgraft"]}
     kw = {"data_root": args.data_root, "device": "cpu", "batch_seeds": False}

@@ -19,10 +19,10 @@ import torch
 
 from nbgraft import data as D
 from nbgraft.device import pick_device
-from nbgraft.dfad import OwnBlocks, build_datafree, datafree_schedule, shared_features
+from nbgraft.zeroshot.dfad import OwnBlocks, build_datafree, datafree_schedule, shared_features
 from nbgraft.evaluate import predict, report
-from nbgraft.gan import book_teacher
-from nbgraft.onestage import Noise, train_run
+from nbgraft.zeroshot.gan import book_teacher
+from nbgraft.zeroshot.onestage import Noise, train_run
 from nbgraft.profiles import get_profile
 
 

@@ -48,7 +48,8 @@ import torch.nn.functional as F  # noqa: E402
 
 from nbgraft import data as D  # noqa: E402
 from nbgraft import device as DEV  # noqa: E402
-from nbgraft.profiles import BASELINE_METHODS, GRAFT_METHODS, get_profile  # noqa: E402
+from nbgraft.methods import BASELINE_METHODS, GRAFT_METHODS  # noqa: E402
+from nbgraft.profiles import get_profile  # noqa: E402
 
 TARGETS = {  # name: (goal, "<=" or ">=")
     "chapter 8 fresh (s)": (30.0, "<="),
@@ -123,12 +124,12 @@ def finite(values) -> bool:
 # --------------------------------------------------------------------------- 1. every path
 def check_paths(device: str, work: Path, data_root: Path, dry_run: bool) -> list[dict]:
     """Each path a chapter runs, on the device, in the tiny profile (numbers meaningless, the code is real)."""
-    from nbgraft import dfad as DF
-    from nbgraft import gan as G
-    from nbgraft import inversion as I
+    from nbgraft.zeroshot import dfad as DF
+    from nbgraft.zeroshot import gan as G
+    from nbgraft.zeroshot import inversion as I
     from nbgraft.evaluate import predict
-    from nbgraft.experiments import graft_seeds, run_baseline
-    from nbgraft.teacher import get_teacher
+    from nbgraft.runs.experiments import graft_seeds, run_student
+    from nbgraft.runs.teacher import get_teacher
 
     rows = []
     for prec in (("bf16",) if dry_run else ("default", "bf16")):  # a dry run: the stricter one (the tests run both)
@@ -148,7 +149,7 @@ def check_paths(device: str, work: Path, data_root: Path, dry_run: bool) -> list
             return finite(h["train_loss"] for h in m["history"]) and out.dtype == torch.float32, m["machine"]
 
         def baseline(kind):
-            m = run_baseline(kind, "cifar10", 2, 0, "tiny", **kw)
+            m = run_student(kind, "cifar10", 2, 0, "tiny", **kw)
             return finite(m["loss_curve"]) and 0 <= m["test_accuracy"] <= 100, m["machine"]
 
         def inversion():
@@ -211,8 +212,8 @@ def chapter8(work: Path, data_root: Path, profile: str, device: str) -> dict:
 
 # --------------------------------------------------------------------------- 3. VGG NetGraft, 3 seeds
 def vgg_netgraft(work: Path, data_root: Path, profile: str, shots: int, device: str) -> dict:
-    from nbgraft.experiments import graft_seeds
-    from nbgraft.teacher import get_teacher
+    from nbgraft.runs.experiments import graft_seeds
+    from nbgraft.runs.teacher import get_teacher
 
     root = fresh_root(work, "vgg")
     kw = {"data_root": data_root, "output_root": root, "device": device}
@@ -239,7 +240,7 @@ def vgg_netgraft(work: Path, data_root: Path, profile: str, shots: int, device: 
 def teacher_rates(data_root: Path, profile: str, seconds: float, device: str) -> dict:
     """Images/s of the raw training step (fp32, bf16) and of the book's teacher loop, on the profile's teacher."""
     from nbgraft.models import build
-    from nbgraft.teacher import teacher_spec_for, train_epoch
+    from nbgraft.runs.teacher import teacher_spec_for, train_epoch
     from nbgraft.training import generator, sgd_with_cosine
 
     dev = DEV.pick_device(device)
@@ -309,7 +310,7 @@ def teacher_rates(data_root: Path, profile: str, seconds: float, device: str) ->
 
 # --------------------------------------------------------------------------- 5. GAN timing
 def gan_timing(work: Path, data_root: Path, profile: str, device: str) -> dict:
-    from nbgraft.onestage_checks import time_schemes
+    from nbgraft.zeroshot.checks import time_schemes
 
     m = time_schemes("gan", profile, schemes=("two_stage", "one_stage"), data_root=data_root,
                      output_root=fresh_root(work, "gan"), device=device)

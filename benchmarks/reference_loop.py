@@ -17,9 +17,10 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from nbgraft.evaluate import accuracy, predict
-from nbgraft.graft import GraftParts, Grafted, _epoch_batches, block_optimizer, graft_loss, net_optimizer, net_steps
+from nbgraft.grafting import GraftParts, Grafted, epoch_batches, block_optimizer, graft_loss, net_optimizer, net_steps
 from nbgraft.models import BlockNet
-from nbgraft.profiles import GraftSchedule
+from nbgraft.schedules import GraftSchedule
+from nbgraft.training import NET_STEP_STRIDE, derive_seed
 
 
 @dataclass
@@ -55,7 +56,7 @@ def _train_unit(log: ReferenceLog, name: str, teacher, hybrid, opt, x, bs, seed,
     for epoch in range(n_epochs):
         hybrid.train()
         total = 0.0
-        for b, xb in _epoch_batches(x, bs, seed, epoch, replace(sched, views=0)):  # fresh augmentations
+        for b, xb in epoch_batches(x, bs, seed, epoch, replace(sched, views=0)):  # fresh augmentations
             xb = x[b] if xb is None else xb
             loss = reference_loss(teacher, hybrid, xb, sched)
             opt.zero_grad(set_to_none=True)
@@ -87,7 +88,7 @@ def reference_netgraft(teacher: BlockNet, parts: GraftParts, x: torch.Tensor, sc
                     seed, n_epochs, sched, x_test, y_test, test_every)
     for a, b, n_epochs in net_steps(parts, sched):
         _train_unit(log, f"chain{a + 1}-{b + 1}", teacher, Grafted(teacher, parts, a, b),
-                    net_optimizer(parts, a, b, sched, shots), x, bs, seed + 7919 * (b + 1), n_epochs, sched, x_test,
+                    net_optimizer(parts, a, b, sched, shots), x, bs, derive_seed(b + 1, seed, NET_STEP_STRIDE), n_epochs, sched, x_test,
                     y_test, test_every)
     log.wall_s = time.perf_counter() - t0
     return log

@@ -72,11 +72,12 @@ from torch import nn
 
 from nbgraft import plots
 from nbgraft.evaluate import count_flops, count_params
-from nbgraft.experiments import check_parameters, new_parts, student_spec_for
-from nbgraft.graft import export_student, net_steps
+from nbgraft.grafting import new_parts
+from nbgraft.runs.experiments import check_parameters, student_spec_for
+from nbgraft.grafting import export_student, net_steps
 from nbgraft.models import build
 from nbgraft.profiles import PROFILES, get_profile
-from nbgraft.teacher import teacher_spec_for
+from nbgraft.runs.teacher import teacher_spec_for
 
 plots.set_theme()
 check_parameters(datasets=dataset, seeds=seeds, profile=profile)

@@ -37,11 +37,12 @@ import seaborn as sns
 from IPython.display import Markdown, display
 
 from nbgraft import data as D
-from nbgraft import plots, report
+from nbgraft import plots
+from nbgraft.runs import report
 from nbgraft.evaluate import count_params
-from nbgraft.experiments import check_parameters
+from nbgraft.runs.experiments import check_parameters
 from nbgraft.profiles import get_profile
-from nbgraft.teacher import get_teacher
+from nbgraft.runs.teacher import get_teacher
 
 plots.set_theme()
 check_parameters(datasets=datasets, shots=shots, seeds=seeds, profile=profile)

@@ -47,8 +47,9 @@ import pandas as pd
 import seaborn as sns
 from IPython.display import Markdown, display
 
-from nbgraft import plots, report
-from nbgraft.experiments import check_parameters
+from nbgraft import plots
+from nbgraft.runs import report
+from nbgraft.runs.experiments import check_parameters
 from nbgraft.profiles import get_profile
 
 plots.set_theme()
@@ -73,6 +74,37 @@ def describe(method: str) -> str:
 
 display(Markdown(f"**{dataset}**, profile **{prof.name}**, N in {list(shots)}, seeds {list(seeds)}.\n\n"
                  + "\n".join(f"- {describe(m)}." for m in RECIPES)))
+
+
+# %% [markdown]
+# ## The method's own code, at work on a toy
+#
+# Beside the real runs, the package's own pieces on a toy teacher of three blocks (random weights, so its
+# numbers mean nothing) and 20 real training images: `GraftParts.around` builds the thin student tail
+# from position 1 on with a 1x1 adapter wherever the widths differ, and `graft_blocks` trains each grafted
+# unit (adapter, block, adapter) alone inside the frozen teacher. The loss printed per epoch is what this
+# chapter plots for the real teacher below.
+
+# %%
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from nbgraft import data as D  # noqa: E402
+from nbgraft.grafting import GraftParts, graft_blocks  # noqa: E402
+from nbgraft.models import BlockNet  # noqa: E402
+from nbgraft.schedules import GraftSchedule  # noqa: E402
+
+torch.manual_seed(0)
+toy = BlockNet([nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU()),  # widths: 3 in, 16, 16, 10 logits
+                nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU()),
+                nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))], widths=[3, 16, 16, 10]).eval()
+thin = [nn.Sequential(nn.Conv2d(6, 6, 3, padding=1), nn.ReLU()),
+        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 10))]
+toy_parts = GraftParts.around(toy.widths, first=1, blocks=thin, student_widths=[6, 6, 10])
+x_toy = D.to_tensor(D.load_dataset(dataset, data_root).x_train[:20], dataset)
+toy_sched = GraftSchedule(block_epochs=(5,), net_epochs=(0,), scale_lr_with_shots=False)
+print(toy_parts.unit(1))  # what takes teacher block 1's place
+{unit: [round(v, 3) for v in losses] for unit, losses in graft_blocks(toy, toy_parts, x_toy, toy_sched, 2).losses.items()}
 
 # %% [markdown]
 # ## The teacher with one block grafted

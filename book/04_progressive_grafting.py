@@ -47,13 +47,14 @@ import torch
 from IPython.display import Markdown, display
 
 from nbgraft import data as D
-from nbgraft import plots, report
+from nbgraft import plots
+from nbgraft.runs import report
 from nbgraft.device import pick_device
 from nbgraft.evaluate import compression_table
 from nbgraft.evaluate import report as score
-from nbgraft.experiments import check_parameters, load_student
+from nbgraft.runs.experiments import check_parameters, load_student
 from nbgraft.profiles import get_profile
-from nbgraft.teacher import get_teacher
+from nbgraft.runs.teacher import get_teacher
 
 plots.set_theme()
 check_parameters(datasets=dataset, shots=shots, seeds=seeds, profile=profile)
@@ -76,6 +77,38 @@ def net_stage(method: str) -> str:
 
 display(Markdown(f"**{dataset}**, profile **{prof.name}**, N in {list(shots)}, seeds {list(seeds)}.\n\n"
                  + "\n".join(f"- {net_stage(m)}." for m in RECIPES)))
+
+
+# %% [markdown]
+# ## The method's own code, at work on a toy
+#
+# The net stage on a toy teacher (random weights, numbers meaningless) and 20 real images: `graft_net`
+# grows the chain of student units from position 1 to the logits, fine-tuning each chain inside the teacher,
+# and `export_student` folds every adapter pair between two student blocks into one map, giving a plain
+# `BlockNet` that runs without the teacher.
+
+# %%
+from torch import nn  # noqa: E402
+
+from nbgraft.grafting import GraftParts, export_student, graft_blocks, graft_net  # noqa: E402
+from nbgraft.models import BlockNet  # noqa: E402
+from nbgraft.schedules import GraftSchedule  # noqa: E402
+
+torch.manual_seed(0)
+conv = lambda c_in, c_out: nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU())  # noqa: E731
+head = lambda c: nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10))  # noqa: E731
+toy = BlockNet([conv(3, 16), conv(16, 16), conv(16, 16), head(16)], widths=[3, 16, 16, 16, 10]).eval()
+toy_parts = GraftParts.around(toy.widths, first=1, blocks=[conv(6, 6), conv(6, 6), head(6)], student_widths=[6, 6, 6, 10])
+x_toy = D.to_tensor(D.load_dataset(dataset, data_root).x_train[:20], dataset)
+toy_sched = GraftSchedule(block_epochs=(3,), net_epochs=(3,), scale_lr_with_shots=False)
+graft_blocks(toy, toy_parts, x_toy, toy_sched, 2)
+chains = graft_net(toy, toy_parts, x_toy, toy_sched, 2).losses  # chain2-3, then chain2-4: the chain grows
+toy_student = export_student(toy, toy_parts)
+with torch.no_grad():
+    agree = (toy_student(x_toy).argmax(1) == toy(x_toy).argmax(1)).float().mean().item()
+print({k: [round(v, 3) for v in vs] for k, vs in chains.items()})
+print(f"exported: {len(toy_student)} blocks, {sum(p.numel() for p in toy_student.parameters())} parameters "
+      f"(teacher {sum(p.numel() for p in toy.parameters())}), agrees with the toy teacher on {agree:.0%} of the images")
 
 # %% [markdown]
 # ## Accuracy as the chain grows

@@ -56,8 +56,9 @@ import pandas as pd
 import seaborn as sns
 from IPython.display import Markdown, display
 
-from nbgraft import plots, report
-from nbgraft.experiments import check_parameters
+from nbgraft import plots
+from nbgraft.runs import report
+from nbgraft.runs.experiments import check_parameters
 from nbgraft.profiles import PROFILES, get_profile
 
 plots.set_theme()
@@ -193,7 +194,7 @@ display(Markdown(
 # %% tags=["hide-input"]
 from pathlib import Path  # noqa: E402
 
-from nbgraft import tuning  # noqa: E402
+from nbgraft.runs import tuning  # noqa: E402
 
 tuning_csv = Path(output_root) / "tables" / "tuning.csv"
 if tune:

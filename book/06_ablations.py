@@ -51,9 +51,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import Markdown, display
 
-from nbgraft import plots, report
-from nbgraft import sweep as S
-from nbgraft.experiments import check_parameters
+from nbgraft import plots
+from nbgraft.runs import report
+from nbgraft.runs import sweep as S
+from nbgraft.runs.experiments import check_parameters
 from nbgraft.profiles import get_profile
 
 plots.set_theme()

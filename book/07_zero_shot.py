@@ -50,14 +50,15 @@ from IPython.display import Markdown, display
 from torchvision.utils import make_grid
 
 from nbgraft import data as D
-from nbgraft import dfad as DF
-from nbgraft import gan as G
-from nbgraft import onestage as O
-from nbgraft import inversion as I
-from nbgraft import plots, report
+from nbgraft.zeroshot import dfad as DF
+from nbgraft.zeroshot import gan as G
+from nbgraft.zeroshot import onestage as O
+from nbgraft.zeroshot import inversion as I
+from nbgraft import plots
+from nbgraft.runs import report
 from nbgraft.device import pick_device
-from nbgraft.experiments import check_parameters, graft_seeds, untrained_student
-from nbgraft.onestage_checks import gradient_checks, time_schemes
+from nbgraft.runs.experiments import check_parameters, graft_seeds, untrained_student
+from nbgraft.zeroshot.checks import gradient_checks, time_schemes
 from nbgraft.profiles import get_profile
 
 if dataset != "cifar10":

@@ -50,9 +50,10 @@ import torch
 from IPython.display import Markdown, display
 from torch import nn
 
-from nbgraft import plots, report
+from nbgraft import plots
+from nbgraft.runs import report
 from nbgraft.evaluate import accuracy, compression_table, count_flops, count_params, predict
-from nbgraft.experiments import check_parameters, load_student, prepare, student_spec_for
+from nbgraft.runs.experiments import check_parameters, load_student, prepare, student_spec_for
 from nbgraft.models import family
 from nbgraft.profiles import get_profile
 
@@ -258,9 +259,7 @@ display(Markdown(
 # space, the whole method is:
 #
 # ```python
-# from nbgraft.graft import GraftParts, netgraft
-# from nbgraft.models import BlockNet
-# from nbgraft.profiles import GraftSchedule
+# from nbgraft import BlockNet, GraftParts, GraftSchedule, netgraft
 #
 # teacher = BlockNet([stem, stage1, stage2, stage3, head], widths=[3, 16, 16, 32, 64, 10]).eval()
 # tail = [my_thin_stage3, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))]
@@ -276,10 +275,8 @@ display(Markdown(
 
 # %%
 from nbgraft.cache import cached  # noqa: E402
-from nbgraft.graft import GraftParts, netgraft  # noqa: E402
-from nbgraft.models import BlockNet  # noqa: E402
+from nbgraft import BlockNet, GraftParts, GraftSchedule, netgraft  # noqa: E402
 from nbgraft.models.resnet import BasicBlock  # noqa: E402
-from nbgraft.profiles import GraftSchedule  # noqa: E402
 
 stages = [nn.Sequential(*[blk for u in teacher.blocks if isinstance(u, nn.Sequential) and len(u) and
                           isinstance(u[0], BasicBlock) and u[0].conv2.out_channels == w for blk in u])

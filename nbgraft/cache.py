@@ -94,29 +94,22 @@ def warn(message: str) -> None:
     print(f"nbgraft: warning: {message}", file=sys.stderr, flush=True)
 
 
-# What every finished entry of these kinds holds: numbers (finite, not text) a reader formats, and
-# checkpoints it loads. An entry without them was not written by nbgraft, or was damaged, and is computed again.
-_RUN_NUMBERS = ("test_accuracy", "test_agreement", "val_accuracy", "wall_s")
-REQUIRED_METRICS = {"teacher": ("test_accuracy", "wall_s", "train_images"), "netgraft": _RUN_NUMBERS,
-                    **{k: _RUN_NUMBERS for k in ("kd", "scratch", "kd_inherited", "scratch_inherited")}}
-# Checkpoints of entries finished before `finish` listed them (newer entries name theirs under "files").
-REQUIRED_FILES = {"teacher": ("test_pred.pt",), "netgraft": ("parts.pt", "student.pt"),
-                  **{k: ("student.pt",) for k in ("kd", "scratch", "kd_inherited", "scratch_inherited")}}
+# What a finished run's metrics hold (numbers, finite, not text) whatever its method: entries of runs ask for them.
+RUN_METRICS = ("test_accuracy", "test_agreement", "val_accuracy", "wall_s")
 NOT_DAMAGE = (MemoryError, PermissionError, torch.OutOfMemoryError)  # a good file read at a bad moment
 BOOKKEEPING = ("files", "cache_key", "finished_at")  # what `finish` adds to every entry's metrics
 
 
-def check_metrics(kind: str, metrics, where, key: str | None = None) -> dict:
-    """`metrics` if it is a finished run of `kind` (see REQUIRED_METRICS) stored under `key`; DamagedEntry
-    saying why not."""
+def check_metrics(required, metrics, where, key: str | None = None) -> dict:
+    """`metrics` if it holds the `required` numbers and was stored under `key`; DamagedEntry saying why not."""
     if not isinstance(metrics, dict) or not metrics:
         raise DamagedEntry(f"{where} holds no metrics")
     if key is not None and isinstance(metrics.get("cache_key"), str) and metrics["cache_key"] != key:
         raise DamagedEntry(f"{where} belongs to the entry {metrics['cache_key']}, not {key}")
-    missing = [k for k in REQUIRED_METRICS.get(kind, ()) if k not in metrics]
+    missing = [k for k in required if k not in metrics]
     if missing:
         raise DamagedEntry(f"{where} is not a finished run: it lacks {missing}")
-    bad = [k for k in REQUIRED_METRICS.get(kind, ()) if isinstance(metrics[k], bool)
+    bad = [k for k in required if isinstance(metrics[k], bool)
            or not isinstance(metrics[k], (int, float)) or not math.isfinite(metrics[k])]
     if bad:
         raise DamagedEntry(f"{where} is not a finished run: {', '.join(f'{k}={metrics[k]!r}' for k in bad)} "
@@ -162,21 +155,20 @@ def to_device(obj: Any, device: Any) -> Any:
 
 
 class Entry:
-    """One cached experiment."""
+    """One cached experiment. `metrics`: numbers its finished record must hold; `files`: checkpoints it must
+    hold when its record predates the list `finish` writes (the owner of the kind knows both)."""
 
-    def __init__(self, root: Path | str | None, kind: str, config: dict):
-        self.kind = kind
-        self.config = _plain(config)
-        self.key = config_hash(self.config)
+    def __init__(self, root: Path | str | None, kind: str, config: dict | None, *, metrics=(), files=(),
+                 key: str | None = None):
+        self.kind, self.required, self.required_files = kind, tuple(metrics), tuple(files)
+        self.config = None if config is None else _plain(config)
+        self.key = key if key is not None else config_hash(self.config)
         self.dir = Path(root if root is not None else default_output_root()) / "cache" / kind / self.key
 
     @classmethod
-    def stored(cls, root: Path | str | None, kind: str, key: str) -> Entry:
+    def stored(cls, root: Path | str | None, kind: str, key: str, **requirements) -> Entry:
         """The entry a finished run's metrics name (`metrics["cache_key"]`), without its config."""
-        entry = cls.__new__(cls)
-        entry.kind, entry.key, entry.config = kind, key, None
-        entry.dir = Path(root if root is not None else default_output_root()) / "cache" / kind / key
-        return entry
+        return cls(root, kind, None, key=key, **requirements)
 
     def path(self, name: str) -> Path:
         return self.dir / name
@@ -198,7 +190,7 @@ class Entry:
         metrics = self.metrics()
         files = metrics.get("files")
         if not isinstance(files, dict):
-            files = {name: None for name in REQUIRED_FILES.get(self.kind, ())}
+            files = {name: None for name in self.required_files}
         for name, size in files.items():
             verify_checkpoint(self.path(name), size if isinstance(size, int) else None)
         return metrics
@@ -211,7 +203,7 @@ class Entry:
             raise
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise DamagedEntry(f"{path} cannot be read ({type(err).__name__}: {err})") from None
-        return check_metrics(self.kind, out, path, self.key)
+        return check_metrics(self.required, out, path, self.key)
 
     def save_tensors(self, name: str, obj: Any) -> None:
         atomic_torch_save(self.path(name), obj)
@@ -276,6 +268,25 @@ class Entry:
                 yield self
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class Memo:
+    """What this process already computed, by key, keeping the `size` most recent (a teacher, a data split, a
+    set of activations): a cached sweep asks for the same few hundreds of times."""
+
+    def __init__(self, size: int):
+        self.size, self.items = size, {}
+
+    def get(self, key, compute):
+        """The value for `key`, computed by `compute()` the first time."""
+        if key not in self.items:
+            if len(self.items) >= self.size:
+                self.items.pop(next(iter(self.items)))
+            self.items[key] = compute()
+        return self.items[key]
+
+    def clear(self) -> None:
+        self.items.clear()
 
 
 def cached(kind: str, config: dict, compute, output_root: Path | str | None = None) -> dict:

@@ -15,24 +15,29 @@ from pathlib import Path
 from . import __version__
 
 
+def _checked(check, what: str):
+    """An argparse type: the text as a whole number, checked as the chapters check it (nbgraft.data)."""
+
+    def parse(text: str) -> int:
+        try:
+            return check(int(text))
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err) if "got" in str(err) else
+                                             f"{what} is a whole number, got {text!r}") from None
+
+    return parse
+
+
 def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a seed is a whole number, got {text!r}") from None
-    if not 0 <= value < 2**31:
-        raise argparse.ArgumentTypeError(f"a seed is a whole number in [0, 2^31), got {value}")
-    return value
+    from .data import check_seed
+
+    return _checked(check_seed, "a seed")(text)
 
 
 def _shots(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"N is a whole number of images per class, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"N must be at least 1 image per class, got {value}")
-    return value
+    from .data import check_shots
+
+    return _checked(check_shots, "N")(text)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -49,7 +54,7 @@ def _kw(args) -> dict:
 
 
 def cmd_teacher(args) -> int:
-    from .teacher import get_teacher
+    from .runs.teacher import get_teacher
 
     for ds in args.dataset:
         _, m = get_teacher(ds, args.profile, teacher=args.teacher, **_kw(args))
@@ -60,8 +65,8 @@ def cmd_teacher(args) -> int:
 
 
 def cmd_graft(args) -> int:
-    from .experiments import run_method
-    from .profiles import BASELINE_METHODS, GRAFT_METHODS
+    from .runs.experiments import run_method
+    from .methods import BASELINE_METHODS, GRAFT_METHODS
 
     if args.baselines and args.images != "real":
         raise ValueError("the baselines train on real images only; drop --baselines or use --images real")
@@ -91,7 +96,7 @@ def cmd_table(args) -> int:
     import pandas as pd
 
     from .cache import default_output_root
-    from .experiments import results_frame
+    from .runs.experiments import results_frame
     from .profiles import PROFILES, TEACHERS
 
     root = Path(args.output_root) if args.output_root else default_output_root()
@@ -117,7 +122,7 @@ def cmd_table(args) -> int:
 
 def cmd_sweep(args) -> int:
     from .cache import default_output_root
-    from .sweep import run_sweep
+    from .runs.sweep import run_sweep
 
     table = run_sweep(args.grid, profile=args.profile, table_name=args.table, executor=args.executor,
                       address=args.address, **_kw(args))
@@ -127,7 +132,7 @@ def cmd_sweep(args) -> int:
 
 def cmd_tune(args) -> int:
     from .cache import default_output_root
-    from .tuning import run_tuning
+    from .runs.tuning import run_tuning
 
     table = run_tuning(args.methods, args.dataset, args.profile, teacher=args.teacher, **_kw(args))
     chosen = table[table.chosen].drop_duplicates("method")
@@ -154,7 +159,8 @@ class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .profiles import GRAFT_METHODS, METHODS, TEACHERS
+    from .methods import GRAFT_METHODS, METHODS
+    from .profiles import TEACHERS
 
     fmt = _Defaults
     ap = argparse.ArgumentParser(prog="nbgraft", description=__doc__, formatter_class=fmt)
@@ -207,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="the same learning-rate x length grid for every method, on the validation pool",
                        formatter_class=fmt)
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--dataset", default="cifar10")
     teacher_option(p)
     _common(p)
@@ -227,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .book import BuildFailed, ChapterFailed
     from .cache import CacheLocked, DamagedEntry
-    from .cluster import SweepIncomplete
+    from .runs.cluster import SweepIncomplete
 
     try:
         return args.func(args)

@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .profiles import DATASETS
-
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+DATASETS = tuple(NUM_CLASSES)
 MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409)}
 STD = {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2673, 0.2564, 0.2762)}
 CLASS_NAMES_CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -46,6 +45,23 @@ class ImageData:
     @property
     def num_classes(self) -> int:
         return NUM_CLASSES[self.name]
+
+
+MAX_SEED = 2**31
+
+
+def check_shots(n, what: str = "") -> int:
+    """N, the images per class, if it is a whole number >= 1 (the command line and the chapters say the same)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"{what}N must be a whole number of at least 1 image per class, got {n!r}")
+    return int(n)
+
+
+def check_seed(seed, what: str = "") -> int:
+    """A few-shot draw's seed, if it is a whole number in [0, 2^31)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < MAX_SEED:
+        raise ValueError(f"{what}a seed is a whole number in [0, 2^31), got {seed!r}")
+    return int(seed)
 
 
 def check_dataset(name: str) -> str:
@@ -233,8 +249,7 @@ def few_shot_indices(y_train: np.ndarray, shots: int, seed: int, exclude: np.nda
     Deterministic and nested: the draw for (N, seed) is a prefix of one permutation
     per class, so 5 shots with seed s contain the 1 shot of seed s.
     """
-    if not isinstance(shots, (int, np.integer)) or shots < 1:
-        raise ValueError(f"shots must be a whole number >= 1, got {shots!r}")
+    check_shots(shots, "shots: ")
     blocked = np.zeros(len(y_train), dtype=bool)
     blocked[exclude] = True
     rng = np.random.default_rng([seed, 7])

@@ -78,7 +78,7 @@ class Policy:
 
     precision: "fp32" (on CUDA with TF32 math) or "bf16" (autocast; no grad scaler needed). The vmap stack
         always computes in fp32: autocast does not reach inside `vmap`, so it runs its inputs in fp32.
-    stack: how seeds trained together run (nbgraft.batched): "loop" where convolutions are compute-bound
+    stack: how seeds trained together run (nbgraft.grafting.stacks): "loop" where convolutions are compute-bound
         (a CPU), "vmap" where many small kernels are the cost (a GPU).
     eval_chunk: images per scoring chunk (128 keeps a CPU's caches warm; accelerators take large chunks).
     channels_last: train the teacher in NHWC layout (cuDNN's fast convolutions); its inputs too.

@@ -10,119 +10,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-DATASETS = ("cifar10", "cifar100")
+from .data import DATASETS
+from .methods import BASELINE_METHODS
+from .schedules import BaselineSchedule, GraftSchedule, TeacherSchedule
+
 # Teachers: the profile's VGG16 trained here on either data set, or a published network (no training).
 TEACHERS = {"vgg16": DATASETS, "resnet56": ("cifar10",)}
-GRAFT_METHODS = ("netgraft", "netgraft_paper")
-BASELINE_METHODS = ("kd", "scratch", "kd_inherited", "scratch_inherited")
-METHODS = (*GRAFT_METHODS, *BASELINE_METHODS)
-
-
-@dataclass(frozen=True)
-class TeacherSchedule:
-    """SGD + momentum with warm-up and cosine decay, per step."""
-
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.1
-    warmup_epochs: float = 1.0
-    train_limit: int | None = None  # cap on training images (tests only)
-
-
-@dataclass(frozen=True)
-class GraftSchedule:
-    """A NetGraft recipe: Adam, learning rates and batch size (optionally scaled with the number of shots).
-
-    Per-block tuples are indexed by grafted block (the last value repeats for longer chains).
-    `block_epochs` = 0 skips the block stage; `net_mode` = "all_at_once" grafts the whole student
-    in one net step instead of growing the chain. `init` = "random" (the paper) or "teacher" (each
-    student block starts as its teacher block restricted to kept channels, nbgraft.models.inherit).
-    `feature_weight` > 0 adds a loss on the grafted part's output features next to the logits (weighted
-    by `logit_weight`; 0 trains such parts on their features alone, without running the teacher after them).
-    `views` > 0 draws augmentations from a fixed pool of that many views per image, whose teacher
-    activations are computed once (0: a fresh augmentation every time; see nbgraft.graft).
-    """
-
-    block_epochs: tuple[int, ...] = (100, 60, 60)
-    block_lr: tuple[float, ...] = (2.5e-4, 2.5e-4, 2.5e-4)
-    block_adapter_lr: float = 2.5e-3
-    net_epochs: tuple[int, ...] = (100, 100)
-    net_lr: float = 1e-4
-    net_adapter_lr: float = 1e-4
-    batch_per_shot: float = 6.4  # the paper: batch = 64 * N / 10
-    lr_reference_shots: int = 10  # the paper: block-stage lr x N / 10
-    loss: str = "nmse"  # "nmse" (paper), "kl", "mse"
-    temperature: float = 4.0  # only for loss = "kl"
-    augment: bool = True
-    net_mode: str = "progressive"  # or "all_at_once"
-    scale_lr_with_shots: bool = True  # block stage: the paper's rule; off = the same learning rates for every N
-    scale_net_lr_with_shots: bool = False  # net stage: the paper's code uses 1e-4 for every N
-    init: str = "random"
-    feature_weight: float = 0.0
-    feature_points: str = "exit"  # where the feature loss looks: the part's "exit", or "all" its boundaries
-    logit_weight: float = 1.0  # 0 with feature_weight > 0: parts not ending in the logits learn features alone
-    views: int = 0
-    mixup: bool = False  # blend the augmented images pairwise (function matching); always fresh, never pooled
-    max_batch: int = 0  # cap on the batch size (0: none)
-    part_test_scores: bool = True  # score each grafted part on the test set too (not only on the validation pool)
-    val_every: int = 0  # record each block's validation accuracy every that many block-stage epochs (0: never)
-    # > 0: at small N the block stage runs longer, until each block has seen this many images (a step on few
-    # images is cheap; an epoch on 10 images is 10x shorter than on 100). Added after runs were cached: see
-    # cache_fields.
-    block_images: int = 0
-
-    def block_epochs_at(self, j: int, images: int | None = None) -> int:
-        """Epochs of the j-th grafted block (the last value repeats), on `images` few-shot images: with
-        `block_images`, at least as many as it takes to see that many images."""
-        epochs = self.block_epochs[min(j, len(self.block_epochs) - 1)]
-        if self.block_images and images and epochs:
-            epochs = max(epochs, -(-self.block_images // images))
-        return epochs
-
-    def cache_fields(self) -> dict:
-        """The fields a cache key holds: those added after runs were cached only when set, so that every
-        earlier key (and the run it names) stays valid."""
-        out = asdict(self)
-        for name, default in LATE_FIELDS.items():
-            if out[name] == default:
-                del out[name]
-        return out
-
-    def block_lr_at(self, j: int) -> float:
-        """Learning rate of the j-th grafted block (the last value repeats)."""
-        return self.block_lr[min(j, len(self.block_lr) - 1)]
-
-    def lr_scale(self, shots: int) -> float:
-        return shots / self.lr_reference_shots if self.scale_lr_with_shots else 1.0
-
-    def net_lr_scale(self, shots: int) -> float:
-        return shots / self.lr_reference_shots if self.scale_net_lr_with_shots else 1.0
-
-    def batch_size(self, shots: int, num_classes: int) -> int:
-        bs = max(2, min(int(self.batch_per_shot * shots), shots * num_classes))
-        return min(bs, self.max_batch) if self.max_batch else bs
-
-
-# GraftSchedule fields that enter a cache key only when not at these defaults (see cache_fields).
-LATE_FIELDS = {"block_images": 0}
-
-
-@dataclass(frozen=True)
-class BaselineSchedule:
-    """A student trained on the N-shot images alone: from labels (scratch) or teacher logits (KD)."""
-
-    steps: int = 2000
-    batch_size: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    temperature: float = 4.0
-    augment: bool = True
-    mixup: bool = False  # blend image pairs (labels: the two cross-entropies weighted alike), as the book's NetGraft
-    views: int = 0  # a fixed pool of augmented views (as GraftSchedule.views); never with mixup
 
 
 def recipe_key(teacher: str, dataset: str, method: str) -> str:
@@ -198,15 +91,7 @@ _CPU_NETGRAFT = {  # the book's recipe, chosen on the validation pool (see the n
                               net_lr=3e-4, net_adapter_lr=3e-4, scale_lr_with_shots=False, init="teacher",
                               feature_weight=1.0, logit_weight=0.0, mixup=True, val_every=5),
 }
-# How the book's recipe was found (validation pool, CIFAR-10 seed 0, % of its 1,000 images; the teacher: 87.4):
-#   paper's recipe with the faithful (BN-free) student    N=10 82.1, N=1 56.9
-#   + start from the teacher, features at each exit        N=10 85.7, N=1 80.0  (exits fitted by least squares)
-#   + mixup                                                N=10 87.3, N=1 81.2
-#   + exits as plain embeddings (no least squares)         N=10 87.2, N=1 84.0  (a fit on 10 images overfits)
-#   + 200/100 epochs instead of 100/50                     N=1 85.8
-#   logits added to the features: N=1 81.6 (vs 81.2); features at every boundary of a chain: N=1 79.6.
-#   CIFAR-100 (teacher 51.2): paper's recipe N=10 46.4; book's at 40/20 epochs 48.9, at 100/50 48.5.
-# The baselines' grid winners (`nbgraft tune`): 1,200 steps, the longest length tried, at these rates.
+# How each recipe was chosen on the validation pool: benchmarks/README.md, "Tuning history".
 _CPU_BASELINE = {"kd": BaselineSchedule(steps=1200, lr=0.05 / 3, mixup=True),
                  "scratch": BaselineSchedule(steps=1200, lr=0.05, mixup=True),
                  "kd_inherited": BaselineSchedule(steps=1200, lr=0.05, mixup=True),
@@ -217,26 +102,10 @@ _CPU_BASELINE = {"kd": BaselineSchedule(steps=1200, lr=0.05 / 3, mixup=True),
 _RESNET_PAPER = GraftSchedule(block_epochs=(60,), block_lr=(3e-3,), block_adapter_lr=3e-2, net_epochs=(30,),
                               net_lr=1e-3, net_adapter_lr=1e-2, scale_lr_with_shots=False, views=16,
                               part_test_scores=False)
-# Validation pool (the teacher's own training images: it is right on 100% of them), seed 0, N=10: stage 3's
-# stream at half width 84.0 -> inner width 24 (streams kept) 92.6 -> + mixup, 150/60 epochs 96.0; a chain's
-# loss at every boundary it produces beats its exit alone (a logit-only last step lost 3-10 points). With the
-# inner width 28 of the default student: net stage 60 epochs 97.0, 150 epochs 95.9, at 1e-3 instead of 3e-4 92.6.
-# Then the stages, mean of seeds 0-2 unless a seed is named. The chain as the block stage leaves it (no net
-# stage; its chains are still scored) against the net stage of 60 epochs per step: N=1 89.7 vs 89.1, N=10 96.2 vs
-# 96.8; at N=10 a net stage of 20 epochs per step gave 96.0 and the whole student fine-tuned for 30 epochs 96.1.
-# The net stage costs half of an N=10 run for 0.5 points there, and chapter 8 has 12 minutes on 2 cores: it is
-# off. Longer block stages help at N=1 only: 150 / 400 / 800 / 1000 epochs give 89.7 / 91.0 / 92.2 / 92.5 at N=1,
-# and 97.0 / 96.7 (400) / 96.4 (100) at N=10 (seed 0), so a block trains for 150 epochs or until it has seen
-# 8,000 images, whichever is longer (N=1: 800 epochs; a step on 10 images is cheap).
-# Also tried at N=10 (seed 0, no net stage): block rate 2e-3 91.4, 5e-4 96.4 (1e-3: 97.0); batch 32 instead of 64 96.2.
 _RESNET_NETGRAFT = GraftSchedule(block_epochs=(150,), block_lr=(1e-3,), block_adapter_lr=1e-3, net_epochs=(0,),
                                  net_lr=3e-4, net_adapter_lr=3e-4, scale_lr_with_shots=False, init="teacher",
                                  feature_weight=1.0, logit_weight=0.0, feature_points="all", mixup=True,
                                  part_test_scores=False, block_images=8000)
-# The baselines' SGD rate for the BN-free ResNet student (at the VGG's 0.05 it diverged: 10% at every N), probed on
-# the validation pool (seed 0, N=10, 300 steps): kd_inherited 5e-3 40.8 (with the earlier 24-channel student),
-# 5e-4 50.5, 1.5e-4 39.4; scratch_inherited 5e-3 48.5, 5e-4 38.1. The students from random weights (not run by
-# default) reuse their inherited twins' rates.
 _RESNET_BASELINE = {m: BaselineSchedule(steps=300, views=16, lr=5e-4 if m.startswith("kd") else 5e-3)
                     for m in BASELINE_METHODS}
 

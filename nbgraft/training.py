@@ -18,6 +18,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# Strides that derive the seed of each use of a run's seed (frozen: changing one changes every number of the
+# book). A derived seed is seed * stride + salt, so uses with different salts below the stride never collide.
+SEED_STRIDE = 1_000_003  # grafting: an epoch's batches (salt: the epoch), the pool of views (salt: VIEWS_SALT)
+VIEWS_SALT = 999_983
+NET_STEP_STRIDE = 7919  # net stage: step b's seed is derive_seed(b + 1, seed, NET_STEP_STRIDE)
+TEACHER_STRIDE = 100_003  # the teacher's epochs (salt: the epoch)
+
+
+def derive_seed(seed: int, salt: int, stride: int = SEED_STRIDE) -> int:
+    """The seed of one use (an epoch, a pool, a step) of `seed`: seed * stride + salt."""
+    return seed * stride + salt
+
+
 def generator(seed: int, device: torch.device) -> torch.Generator:
     """A generator on the training device, so batches and augmentation replay exactly for a seed."""
     g = torch.Generator(device=device if device.type == "cuda" else "cpu")

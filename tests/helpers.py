@@ -2,7 +2,7 @@
 
 import torch
 
-from nbgraft import graft as G
+from nbgraft import grafting as G
 
 
 def identity_map(c: int) -> G.ChannelMap:

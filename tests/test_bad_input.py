@@ -16,10 +16,10 @@ import torch
 
 from nbgraft import __version__
 from nbgraft import data as D
-from nbgraft.cache import DamagedEntry, Entry, atomic_write_json
+from nbgraft.cache import RUN_METRICS, DamagedEntry, Entry, atomic_write_json
 from nbgraft.cli import main as cli_main
-from nbgraft.experiments import cached_runs, check_parameters, run_baseline
-from nbgraft.teacher import get_teacher, teacher_config, teacher_test_predictions
+from nbgraft.runs.experiments import cached_runs, check_parameters, run_student
+from nbgraft.runs.teacher import get_teacher, teacher_entry, teacher_test_predictions
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--profile", "tiny", "--device", "cpu"]
@@ -85,11 +85,11 @@ def test_a_truncated_real_npz_is_refused(tmp_path, data_root):
 
 def test_fixing_the_data_changes_every_cache_key(tmp_path):
     _write(tmp_path / "a")
-    before = Entry(None, "teacher", teacher_config("cifar10", "tiny", data_root=tmp_path / "a")).key
+    before = teacher_entry("cifar10", "tiny", data_root=tmp_path / "a", output_root=None).key
     arrays = _good_arrays()
     arrays["x_train"][0, 0, 0, 0] ^= 1  # one pixel
     _write(tmp_path / "a", **arrays)
-    after = Entry(None, "teacher", teacher_config("cifar10", "tiny", data_root=tmp_path / "a")).key
+    after = teacher_entry("cifar10", "tiny", data_root=tmp_path / "a", output_root=None).key
     assert before != after
     assert (tmp_path / "a" / ".cifar10.npz.fingerprint.json").is_file()  # hashed once, remembered beside the file
 
@@ -105,7 +105,7 @@ def test_data_root_that_is_a_file(tmp_path, capsys):
 # --------------------------------------------------------------------------- 2. damaged cache entries recover
 def test_damaged_metrics_are_moved_aside_and_recomputed(tmp_path, capsys):
     for text in ('{"test_accuracy": 1, "wall', "{}", '{"other": 1}', "\x00\x01"):
-        e = Entry(tmp_path, "netgraft", {"k": text})
+        e = Entry(tmp_path, "netgraft", {"k": text}, metrics=RUN_METRICS)
         e.start()
         e.path("metrics.json").write_text(text)
         assert not e.done
@@ -125,7 +125,7 @@ def test_a_teacher_read_back_is_shared_until_its_entry_changes(tiny_teacher, dat
     kw = {"data_root": data_root, "output_root": out, "device": "cpu"}
     first, m = get_teacher("cifar10", "tiny", **kw)
     assert get_teacher("cifar10", "tiny", **kw)[0] is first  # read once per process
-    shutil.rmtree(Entry(out, "teacher", teacher_config("cifar10", "tiny", data_root=data_root)).dir)
+    shutil.rmtree(teacher_entry("cifar10", "tiny", data_root=data_root, output_root=out).dir)
     again, m2 = get_teacher("cifar10", "tiny", **kw)  # trained again: a new entry, not the one in memory
     assert again is not first and m2["test_accuracy"] == pytest.approx(m["test_accuracy"])
 
@@ -139,7 +139,7 @@ def _copy(root: Path, tmp_path: Path) -> Path:
 @pytest.mark.parametrize("name", ["model.pt", "test_pred.pt"])
 def test_a_damaged_teacher_file_is_recomputed(tiny_teacher, data_root, tmp_path, capsys, name):
     out = _copy(tiny_teacher, tmp_path)
-    e = Entry(out, "teacher", teacher_config("cifar10", "tiny", data_root=data_root))
+    e = teacher_entry("cifar10", "tiny", data_root=data_root, output_root=out)
     good = e.metrics()["test_accuracy"]
     e.path(name).write_bytes(e.path(name).read_bytes()[:100])
     _, m = get_teacher("cifar10", "tiny", data_root=data_root, output_root=out, device="cpu")
@@ -149,13 +149,13 @@ def test_a_damaged_teacher_file_is_recomputed(tiny_teacher, data_root, tmp_path,
 
 def test_garbage_test_predictions_are_recovered(tiny_teacher, data_root, tmp_path):
     out = _copy(tiny_teacher, tmp_path)
-    e = Entry(out, "teacher", teacher_config("cifar10", "tiny", data_root=data_root))
+    e = teacher_entry("cifar10", "tiny", data_root=data_root, output_root=out)
     e.path("test_pred.pt").write_bytes(b"garbage")
     assert teacher_test_predictions("cifar10", "tiny", data_root=data_root, output_root=out).shape == (500,)
 
 
 def test_a_garbage_resume_checkpoint_restarts_training(data_root, tmp_path, capsys):
-    e = Entry(tmp_path, "teacher", teacher_config("cifar10", "tiny", data_root=data_root))
+    e = teacher_entry("cifar10", "tiny", data_root=data_root, output_root=tmp_path)
     e.start()
     e.path("resume.pt").write_bytes(b"\x80garbage")
     _, m = get_teacher("cifar10", "tiny", data_root=data_root, output_root=tmp_path, device="cpu")
@@ -251,8 +251,8 @@ def test_a_chapter_with_an_unknown_dataset_fails_on_the_name(tmp_path, data_root
 @pytest.mark.slow
 def test_two_processes_asking_for_one_run_train_it_once(tiny_teacher, data_root, tmp_path):
     out = _copy(tiny_teacher, tmp_path)
-    code = ("import json, sys; from nbgraft.experiments import run_baseline; "
-            f"m = run_baseline('kd', 'cifar10', 2, 0, 'tiny', data_root={str(data_root)!r}, output_root={str(out)!r}, "
+    code = ("import json, sys; from nbgraft.runs.experiments import run_student; "
+            f"m = run_student('kd', 'cifar10', 2, 0, 'tiny', data_root={str(data_root)!r}, output_root={str(out)!r}, "
             "device='cpu', steps=400); print(json.dumps([m['cache_key'], m['wall_s']]))")
     env = {**os.environ, "NBGRAFT_QUIET": "1", "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -290,7 +290,7 @@ def test_cache_files_are_readable_by_others(tmp_path):
 
 def test_baseline_with_unknown_kind_or_method(data_root, tmp_path):
     with pytest.raises(ValueError, match="unknown baseline 'distill'"):
-        run_baseline("distill", "cifar10", 1, 0, "tiny", data_root=data_root, output_root=tmp_path)
+        run_student("distill", "cifar10", 1, 0, "tiny", data_root=data_root, output_root=tmp_path)
 
 
 # --------------------------------------------------------------------------- 9. reliability, second round (issue 27)
@@ -319,7 +319,7 @@ def test_a_device_that_cannot_take_the_checkpoint_is_no_damage(tiny_teacher, dat
     """Out of memory (or any device error) while loading a good teacher: one line saying what to change, and
     the entry stays where it is."""
     import nbgraft.cache as C
-    import nbgraft.teacher as T
+    import nbgraft.runs.teacher as T
 
     out = _copy(tiny_teacher, tmp_path)
     T._LOADED.clear()
@@ -351,7 +351,7 @@ def test_devices_nbgraft_cannot_use_are_one_line(data_root, tmp_path, capsys, de
 
 def test_a_teacher_damaged_again_after_recomputing_is_an_error_not_a_loop(data_root, tmp_path, monkeypatch):
     import nbgraft.cache as C
-    import nbgraft.teacher as T
+    import nbgraft.runs.teacher as T
 
     real = C.Entry.load_tensors
 
@@ -438,7 +438,7 @@ def test_unreadable_data_says_permission_not_rebuild(tmp_path, capsys, monkeypat
 
 
 def test_unreadable_metrics_are_not_damage(tmp_path, monkeypatch):
-    e = Entry(tmp_path, "kd", {"k": 1})
+    e = Entry(tmp_path, "kd", {"k": 1}, metrics=RUN_METRICS)
     e.finish({"test_accuracy": 1.0, "test_agreement": 1.0, "val_accuracy": 1.0, "wall_s": 1.0})
 
     def denied(self, *a, **kw):
@@ -458,7 +458,7 @@ def test_unreadable_metrics_are_not_damage(tmp_path, monkeypatch):
     ({"test_accuracy": 1, "test_agreement": 1, "val_accuracy": 1, "wall_s": 1, "cache_key": "0123"}, "belongs to"),
 ])
 def test_json_that_is_not_a_finished_run_is_moved_aside(tmp_path, capsys, metrics, says):
-    e = Entry(tmp_path, "netgraft", {"k": 1})
+    e = Entry(tmp_path, "netgraft", {"k": 1}, metrics=RUN_METRICS)
     e.start()
     atomic_write_json(e.path("metrics.json"), metrics)
     assert not e.done
@@ -473,7 +473,7 @@ def test_json_that_is_not_a_finished_run_is_moved_aside(tmp_path, capsys, metric
 def test_damaged_checkpoints_of_cached_runs_are_noticed_and_computed_once(tiny_teacher, data_root, tmp_path, capsys):
     """A cached run whose checkpoint is missing, truncated or whose metrics are not a run: moved aside and trained
     again (the same numbers), reported as 'now'; loading its student names the file and the fix."""
-    from nbgraft.experiments import load_student, run_netgraft
+    from nbgraft.runs.experiments import load_student, run_netgraft
 
     out = _copy(tiny_teacher, tmp_path)
     common = ["--profile", "tiny", "--device", "cpu", "--data-root", str(data_root), "--output-root", str(out),

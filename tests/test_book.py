@@ -25,6 +25,7 @@ EXPECTED = {
            ["04_chain", "04_student_vs_baselines", "04_compression", "04_fold_check"]),
     "05": (["05_results"], ["05_results"]),
     "08": (["08_resnet_results", "08_resnet_units"], ["08_resnet_results", "08_resnet_units", "08_resnet_compression"]),
+    "09": (["09_layers"], ["09_modules"]),
 }
 TINY_PARAMETERS = {"shots": [1, 2], "seeds": [0, 1], "control_seeds": {"cifar10": [0, 1], "cifar100": [0, 1]},
                    "random_seeds": [0, 1]}

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-from nbgraft import sweep as S
+from nbgraft.runs import sweep as S
 
 ray = pytest.importorskip("ray", reason="the Ray executor is tested where the cluster extra is installed")
 psutil = pytest.importorskip("psutil")
-from nbgraft.cluster import SweepIncomplete, run_sweep_ray  # noqa: E402
+from nbgraft.runs.cluster import SweepIncomplete, run_sweep_ray  # noqa: E402
 
 GRID = {"datasets": "cifar10", "shots": [1, 2], "seeds": [0, 1], "methods": ["netgraft"]}  # 4 runs, 4 units
 KILL_GRID = {"datasets": "cifar10", "shots": [1, 2], "seeds": [0, 1, 2], "methods": ["netgraft"]}  # 6 units

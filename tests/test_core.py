@@ -11,15 +11,16 @@ import torch
 from torch import nn
 
 from nbgraft import data as D
-from nbgraft import graft as G
+from nbgraft import grafting as G
 from nbgraft.cache import BOOKKEEPING, Entry, cached, config_hash
 from nbgraft.cli import main as cli_main
 from nbgraft.evaluate import eval_batch, predict
-from nbgraft.experiments import new_parts
+from nbgraft.grafting import new_parts
 from nbgraft.models import build, load_state
 from nbgraft.models.vgg import student_spec, teacher_spec
-from nbgraft.profiles import GRAFT_METHODS, METHODS, get_profile
-from nbgraft.teacher import get_teacher
+from nbgraft.methods import GRAFT_METHODS, METHODS
+from nbgraft.profiles import get_profile
+from nbgraft.runs.teacher import get_teacher
 from helpers import identity_map
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,7 +133,7 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
     data = _fake_data()
     with pytest.raises(ValueError, match="N=26 shots is more than class 0 has"):
         D.make_split(data, val_per_class=5, shots=26, seed=0)
-    with pytest.raises(ValueError, match="shots must be a whole number >= 1"):
+    with pytest.raises(ValueError, match="N must be a whole number of at least 1"):
         D.make_split(data, val_per_class=5, shots=0, seed=0)
     with pytest.raises(ValueError, match="unknown data set 'mnist'.*cifar10, cifar100"):
         D.load_dataset("mnist", tmp_path)
@@ -197,8 +198,8 @@ def test_schedule_fields_added_later_leave_earlier_cache_keys_alone():
 def test_interrupted_teacher_training_resumes_to_the_same_weights(tmp_path, data_root, monkeypatch, capsys):
     from dataclasses import replace
 
-    import nbgraft.teacher as T
-    from nbgraft.profiles import TeacherSchedule
+    import nbgraft.runs.teacher as T
+    from nbgraft.schedules import TeacherSchedule
 
     monkeypatch.setattr(T, "CHECKPOINT_EVERY_S", 0.0)  # a checkpoint after every epoch
 
@@ -230,7 +231,7 @@ def test_interrupted_teacher_training_resumes_to_the_same_weights(tmp_path, data
 def test_block_grafting_lowers_the_grafting_loss_on_real_cifar(data_root, tiny_outputs):
     from dataclasses import replace
 
-    from nbgraft.experiments import prepare
+    from nbgraft.runs.experiments import prepare
 
     s = prepare("cifar10", 5, 0, "tiny", data_root=data_root, output_root=tiny_outputs, device="cpu")
     assert s.teacher_metrics["test_accuracy"] > 20  # the tiny teacher learned something real
@@ -261,7 +262,7 @@ def test_cli_runs_netgraft_and_baselines_and_prints_a_table(data_root, tiny_outp
 def test_untrained_controls_are_named_and_trained_ones_are_not():
     import pandas as pd
 
-    from nbgraft import report
+    from nbgraft.runs import report
 
     rows = [("cifar10", "vgg16", "kd", n, a) for n, a in ((1, 18.9), (5, 32.6), (10, 32.5))]  # trains: not named
     rows += [("cifar100", "vgg16", "kd", n, a) for n, a in ((1, 1.4), (5, 1.1), (10, 1.4))]  # chance
@@ -278,7 +279,7 @@ def test_untrained_controls_are_named_and_trained_ones_are_not():
 
 @pytest.mark.slow
 def test_runs_of_one_teacher_share_its_validation_and_test_tensors(data_root, tiny_outputs):
-    from nbgraft.experiments import prepare
+    from nbgraft.runs.experiments import prepare
 
     a = prepare("cifar10", 2, 0, "tiny", data_root=data_root, output_root=tiny_outputs, device="cpu")
     b = prepare("cifar10", 3, 1, "tiny", data_root=data_root, output_root=tiny_outputs, device="cpu",
@@ -295,8 +296,8 @@ def test_the_committed_runs_keep_their_cache_keys(data_root):
     what enters a key would orphan every cached run (and the book's cached re-run)."""
     import pandas as pd
 
-    from nbgraft.experiments import run_entry
-    from nbgraft.sweep import variant
+    from nbgraft.runs.experiments import run_entry
+    from nbgraft.runs.sweep import variant
 
     table = pd.read_csv(REPO / "outputs" / "tables" / "06_sweep.csv", dtype={"cache_key": str})
     assert len(table) > 100 and table.cache_key.str.len().eq(16).all()
@@ -309,3 +310,51 @@ def test_the_committed_runs_keep_their_cache_keys(data_root):
             entry = run_entry(row.method, row.dataset, row.shots, row.seed, row.profile, teacher=row.teacher,
                               data_root=data_root)
         assert entry.key == row.cache_key, row
+
+
+def test_the_package_has_no_import_cycle_and_names_its_layers():
+    """Module-level imports between nbgraft's modules form no cycle; at most 12 modules at the top level; every
+    subpackage says what lives there; the README's API is importable from nbgraft itself."""
+    import ast
+
+    import nbgraft
+
+    pkg = REPO / "nbgraft"
+    mods = {".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): p for p in pkg.rglob("*.py")}
+    graph = {}
+    for name, path in mods.items():
+        base = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        deps = set()
+        for node in ast.parse(path.read_text()).body:  # module level only: imports inside functions are lazy
+            if isinstance(node, ast.ImportFrom) and node.level:
+                parent = ".".join(base.split(".")[: len(base.split(".")) - node.level + 1])
+                target = f"{parent}.{node.module}" if node.module else parent
+                for alias in node.names:
+                    deps.add(f"{target}.{alias.name}" if f"{target}.{alias.name}" in mods else target)
+        graph[name] = {d for d in deps if d in mods and d != name}
+    state = {}
+
+    def visit(n, path):
+        state[n] = "open"
+        for d in graph[n]:
+            assert state.get(d) != "open", f"import cycle: {' -> '.join([*path, d])}"
+            if d not in state:
+                visit(d, [*path, d])
+        state[n] = "done"
+
+    for n in graph:
+        if n not in state:
+            visit(n, [n])
+    top = [p.name for p in pkg.glob("*.py")]
+    assert len(top) <= 12, top
+    for sub in (p for p in pkg.iterdir() if (p / "__init__.py").is_file()):
+        assert ast.get_docstring(ast.parse((sub / "__init__.py").read_text())), sub
+    assert {"BlockNet", "GraftParts", "GraftSchedule", "netgraft"} <= set(nbgraft.__all__)
+    assert nbgraft.GraftParts.__name__ == "GraftParts" and callable(nbgraft.netgraft)
+
+
+def test_every_model_family_provides_the_protocol():
+    from nbgraft.models import FAMILIES, ModelFamily, family
+
+    for name in FAMILIES:
+        assert isinstance(family(name), ModelFamily), name

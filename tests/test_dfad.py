@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from nbgraft import dfad as DF
-from nbgraft import gan as G
-from nbgraft import onestage as O
+from nbgraft.zeroshot import dfad as DF
+from nbgraft.zeroshot import gan as G
+from nbgraft.zeroshot import onestage as O
 from nbgraft.models import build
 from nbgraft.models.vgg import teacher_spec
 

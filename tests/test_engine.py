@@ -18,13 +18,14 @@ import numpy as np
 import pytest
 import torch
 
-from nbgraft.batched import LoopedParts, StackedParts, graft_blocks_stacked, graft_net_stacked
+from nbgraft.grafting import LoopedParts, StackedParts, graft_blocks_stacked, graft_net_stacked
 from nbgraft.cache import Entry
-from nbgraft.experiments import graft_seeds, new_parts, prepare, run_netgraft
-from nbgraft.graft import GraftParts, Grafted, TeacherCache, graft_blocks, graft_loss, graft_net
+from nbgraft.grafting import new_parts
+from nbgraft.runs.experiments import graft_seeds, prepare, run_netgraft
+from nbgraft.grafting import GraftParts, Grafted, TeacherCache, graft_blocks, graft_loss, graft_net
 from nbgraft.models.vgg import student_spec
 from nbgraft.profiles import get_profile
-from nbgraft.teacher import get_teacher, teacher_config
+from nbgraft.runs.teacher import get_teacher, teacher_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"

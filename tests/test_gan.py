@@ -7,8 +7,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from nbgraft import gan as G
-from nbgraft import onestage as O
+from nbgraft.zeroshot import gan as G
+from nbgraft.zeroshot import onestage as O
 from nbgraft.models import build
 from nbgraft.models.vgg import teacher_spec
 from nbgraft.profiles import get_profile

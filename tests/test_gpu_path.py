@@ -22,12 +22,14 @@ import torch
 
 from nbgraft import data as D
 from nbgraft import device as DEV
-from nbgraft.batched import LoopedParts, SharedBoundaries, StackedParts, graft_blocks_stacked, graft_net_stacked
-from nbgraft.experiments import graft_seeds, new_parts, run_baseline, student_spec_for
-from nbgraft.graft import Grafted, netgraft
+from nbgraft.grafting import LoopedParts, SharedBoundaries, StackedParts, graft_blocks_stacked, graft_net_stacked
+from nbgraft.grafting import new_parts
+from nbgraft.runs.experiments import graft_seeds, run_student, student_spec_for
+from nbgraft.grafting import Grafted, netgraft
 from nbgraft.models import build
-from nbgraft.profiles import BASELINE_METHODS, get_profile
-from nbgraft.teacher import get_teacher, teacher_spec_for
+from nbgraft.methods import BASELINE_METHODS
+from nbgraft.profiles import get_profile
+from nbgraft.runs.teacher import get_teacher, teacher_spec_for
 
 SHOTS = 2
 
@@ -166,7 +168,7 @@ def test_grafting_runs_score_and_cache_as_cuda_runs_them(data_root, cuda_bf16_ro
 @pytest.mark.parametrize("kind", BASELINE_METHODS)
 def test_baselines_train_as_cuda_runs_them(data_root, cuda_bf16_root, kind):
     with DEV.emulate("cuda", precision="bf16"):
-        m = run_baseline(kind, "cifar10", 2, 0, "tiny", data_root=data_root, output_root=cuda_bf16_root, device="cpu")
+        m = run_student(kind, "cifar10", 2, 0, "tiny", data_root=data_root, output_root=cuda_bf16_root, device="cpu")
     assert m["loss_curve"] and all(math.isfinite(v) for v in m["loss_curve"])
     assert m["machine"]["precision"] == "bf16" and 0 <= m["test_accuracy"] <= 100
 
@@ -186,9 +188,9 @@ def test_scoring_gives_float32_logits_under_bf16_autocast(data_root, cuda_bf16_r
 
 def test_zero_shot_paths_run_as_cuda_runs_them(data_root, cuda_bf16_root):
     """Chapter 7 on a GPU: inversion, NetGraft on the inverted images, DFAD and the GAN (both schemes)."""
-    from nbgraft import dfad as DF
-    from nbgraft import gan as G
-    from nbgraft import inversion as I
+    from nbgraft.zeroshot import dfad as DF
+    from nbgraft.zeroshot import gan as G
+    from nbgraft.zeroshot import inversion as I
 
     kw = {"data_root": data_root, "output_root": cuda_bf16_root, "device": "cpu"}
     with DEV.emulate("cuda", precision="bf16"):

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from nbgraft import inversion as I
-from nbgraft.experiments import cached_runs, graft_seeds, untrained_student
-from nbgraft.teacher import get_teacher
+from nbgraft.zeroshot import inversion as I
+from nbgraft.runs.experiments import cached_runs, graft_seeds, untrained_student
+from nbgraft.runs.teacher import get_teacher
 
 
 def test_batch_statistics_term_is_zero_on_the_running_statistics():

@@ -10,14 +10,15 @@ import pytest
 import torch
 from torch import nn
 
-from nbgraft import graft as G
-from nbgraft.baselines import train_baseline
-from nbgraft.experiments import new_parts
+from nbgraft import grafting as G
+from nbgraft.methods import METHODS
+from nbgraft.grafting import new_parts
 from nbgraft.models import BlockNet, build, load_state, student_net
 from nbgraft.models import resnet as R
 from nbgraft.models import vgg as V
 from nbgraft.models.inherit import inherit
-from nbgraft.profiles import BaselineSchedule, GraftSchedule, get_profile
+from nbgraft.profiles import get_profile
+from nbgraft.schedules import BaselineSchedule, GraftSchedule
 from helpers import identity_map
 
 REPO = Path(__file__).resolve().parents[1]
@@ -226,8 +227,8 @@ def test_inherited_baselines_never_touch_the_inherited_blocks(kind):
     t_spec = V.teacher_spec(10, width=0.125, batch_norm=True)
     teacher = _randomise_bn(build(t_spec))
     x, y = torch.randn(20, 3, 32, 32), torch.arange(20) % 10
-    model, log = train_baseline(kind, teacher, V.student_spec(t_spec), x, y, BaselineSchedule(steps=5, batch_size=8,
-                                                                                               views=2), seed=0)
+    model, log = METHODS[kind].train(teacher, V.student_spec(t_spec), x, y,
+                                     BaselineSchedule(steps=5, batch_size=8, views=2), seed=0)
     first = log["first_trained_block"]
     assert first == 3
     for i in range(first):
@@ -317,7 +318,7 @@ def test_published_resnet56_reaches_its_accuracy(data_root):
 def test_copy_of_published_file_is_found_through_the_environment(tmp_path, monkeypatch):
     if not PUBLISHED.is_file():
         pytest.skip(f"the published ResNet-56 is not at {PUBLISHED}")
-    from nbgraft.teacher import teachers_root
+    from nbgraft.runs.teacher import teachers_root
 
     shutil.copy(PUBLISHED, tmp_path / PUBLISHED.name)
     monkeypatch.setenv("NBGRAFT_TEACHERS", str(tmp_path))

@@ -8,9 +8,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from nbgraft import gan as G
-from nbgraft import onestage as O
-from nbgraft.onestage_checks import GAN_CASES, gradient_checks, time_schemes
+from nbgraft.zeroshot import gan as G
+from nbgraft.zeroshot import onestage as O
+from nbgraft.zeroshot.checks import GAN_CASES, gradient_checks, time_schemes
 
 
 def _gan_batch(z_dim: int, n: int = 12) -> dict:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from nbgraft import sweep as S
+from nbgraft.runs import sweep as S
 
 # 2 N x 2 seeds x (NetGraft, KD), then every ablation at N=1 (seed 0): runs on tiny schedules.
 GRID = [

@@ -2,7 +2,7 @@
 
 A `BlockNet` is any network cut into blocks with known channel widths at every boundary: `widths[i]`
 channels enter block i, and the last block produces the logits (`widths[-1]` = classes). Grafting
-(nbgraft.graft) needs nothing else. A *family* (vgg, resnet, or a user's own module) says how to build a
+(nbgraft.grafting) needs nothing else. A *family* (vgg, resnet, or a user's own module) says how to build a
 teacher and its student as BlockNets, and optionally how to start a student block from its teacher block
 (`inherit_block`, see nbgraft.models.inherit).
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -54,10 +55,40 @@ class BlockNet(nn.Module):
         return acts
 
 
+@runtime_checkable
+class ModelFamily(Protocol):
+    """What nbgraft asks of a model family: a module (nbgraft.models.vgg, nbgraft.models.resnet) with these names.
+
+    SPEC: the frozen dataclass describing one network of the family; a spec has `family` (the module's name),
+        `mean`/`std` (the input normalisation) and `boundary_widths()` (the L + 1 widths of the BlockNet).
+    build(spec, init): the BlockNet a spec describes (`init=False`: a skeleton to load weights into).
+    student_spec(teacher_spec, **options): the family's default student of a teacher, or the one the options give.
+    student_blocks(teacher_spec, student_spec): (first, blocks): the first position where the student differs
+        from its teacher, and its own blocks from there to the logits (random weights).
+    stream_groups(spec): the boundaries that share one channel stream (a residual stage), which keep the same
+        channels when a student starts from its teacher (nbgraft.models.inherit).
+    inherit_block(teacher_block, student_block, keep_in, keep_out, x_in): copy a teacher block's weights,
+        restricted to the kept channels, into a student block (BatchNorm folded in).
+    """
+
+    SPEC: type
+
+    def build(self, spec, init: bool = True) -> BlockNet: ...
+
+    def student_spec(self, teacher, **options): ...
+
+    def student_blocks(self, teacher, student) -> tuple[int, list[nn.Module]]: ...
+
+    def stream_groups(self, spec) -> list: ...
+
+    def inherit_block(self, t_block: nn.Module, s_block: nn.Module, keep_in: torch.Tensor, keep_out: torch.Tensor,
+                      x_in: torch.Tensor): ...
+
+
 FAMILIES = ("vgg", "resnet")
 
 
-def family(name_or_spec):
+def family(name_or_spec) -> ModelFamily:
     """The module of a model family (nbgraft.models.vgg, ...), from its name or one of its specs."""
     name = name_or_spec if isinstance(name_or_spec, str) else getattr(name_or_spec, "family", None)
     if name not in FAMILIES:

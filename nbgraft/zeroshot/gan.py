@@ -15,14 +15,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import data as D
-from .cache import Entry, default_output_root
-from .device import machine, pick_device
-from .models import BlockNet
+from .. import data as D
+from ..cache import Entry, default_output_root
+from ..device import machine, pick_device
+from ..models import BlockNet
 from .onestage import (GAN_LOSSES, Noise, Players, TimingSchedule, check_training_scheme, full, gan_d_loss, gan_g_loss,
                        generator_factor, rescale_grad, run_config, train_run, wall_clock_budget)
-from .profiles import get_profile, schedule_for
-from .teacher import get_teacher, teacher_entry
+from ..profiles import get_profile, schedule_for
+from ..runs.teacher import get_teacher, teacher_entry
 
 
 # --------------------------------------------------------------------------- networks

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .cache import default_output_root
-from .plots import save_table
-from .profiles import get_profile
+from ..cache import default_output_root
+from ..plots import save_table
+from ..profiles import get_profile
 from .sweep import Grid, Run, get_grid, result_row, results_table, run_one, work_units
 
 

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .training import progress
+from ..training import progress
 
 # two_stage: fresh noise for G's step, D frozen in it (no weight gradients computed); two_stage_unfrozen: the
 # same, with D's weight gradients computed in G's step and discarded (as DCGAN's and DFAD's code do);

@@ -17,16 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import data as D
-from .device import machine, pick_device
-from .evaluate import eval_batch, predict, report
-from .gan import (Generator, book_teacher, game_entry, generate, tanh_pixels_to_uint8, to_pixels,
-                  to_teacher_input)
-from .models import BlockNet, student_net
-from .models.vgg import student_spec
+from .. import data as D
+from ..device import machine, pick_device
+from ..evaluate import eval_batch, predict, report
+from .gan import Generator, book_teacher, game_entry, generate, tanh_pixels_to_uint8, to_pixels, to_teacher_input
+from ..models import BlockNet, student_net
+from ..models.vgg import student_spec
 from .onestage import Noise, Players, TimingSchedule, check_training_scheme, full, rescale_grad, train_run
-from .profiles import get_profile, schedule_for
-from .teacher import teacher_test_predictions
+from ..profiles import get_profile, schedule_for
+from ..runs.teacher import teacher_test_predictions
 
 SYNTHETIC_SAMPLES = 500  # fresh generated images scored at each checkpoint (teacher classes, student agreement)
 

@@ -13,36 +13,21 @@ import time
 import torch
 import torch.nn.functional as F
 
-from . import data as D
-from .device import autocast
-from .graft import TeacherCache, augmented_views, mix, pooled
-from .models import BlockNet, student_net
-from .profiles import BaselineSchedule
-from .training import generator, progress, sgd_with_cosine
+from .. import data as D
+from ..device import autocast
+from ..grafting.losses import kd_loss
+from ..grafting.views import TeacherCache, augmented_views, mix, pooled
+from ..models import BlockNet, student_net
+from ..schedules import BaselineSchedule
+from ..training import generator, progress, sgd_with_cosine
 
-KINDS = ("scratch", "kd", "scratch_inherited", "kd_inherited")
-
-
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    t = temperature
-    return F.kl_div(F.log_softmax(student_logits / t, 1), F.softmax(teacher_logits / t, 1), reduction="batchmean") * t * t
-
-
-def check_kind(kind: str) -> str:
-    if kind not in KINDS:
-        raise ValueError(f"unknown baseline {kind!r}; use one of {', '.join(KINDS)}")
-    return kind
-
-
-def train_baseline(kind: str, teacher: BlockNet, student_spec, x: torch.Tensor, y: torch.Tensor,
-                   sched: BaselineSchedule, seed: int = 0) -> tuple[BlockNet, dict]:
+def train_baseline(teacher: BlockNet, student_spec, x: torch.Tensor, y: torch.Tensor, sched: BaselineSchedule,
+                   seed: int = 0, *, labels: bool, inherited: bool) -> tuple[BlockNet, dict]:
     """Train a fresh student for `sched.steps` SGD steps; returns it (eval mode) and its loss curve.
 
     Images come as NetGraft sees them: fresh augmentations, or (sched.views > 0) a fixed pool of views
     drawn by the same seed. An inherited student reads the teacher's cached activations where its own
     blocks start, so its frozen blocks never run in training."""
-    check_kind(kind)
-    inherited, labels = kind.endswith("_inherited"), kind.startswith("scratch")
     torch.manual_seed(seed)
     model, first = student_net(teacher, student_spec, inherit_prefix=inherited)
     model = model.to(x.device)
@@ -57,7 +42,7 @@ def train_baseline(kind: str, teacher: BlockNet, student_spec, x: torch.Tensor, 
     bs = min(sched.batch_size, len(x))
     gen = generator(seed, x.device)
     losses, step, t0 = [], 0, time.perf_counter()
-    bar = progress(total=sched.steps, desc=f"baseline {kind}")
+    bar = progress(total=sched.steps, desc=f"baseline ({'labels' if labels else 'KD'}{', inherited' if inherited else ''})")
     model.train()
     for m in model.blocks[:first] if inherited else ():
         m.eval()

@@ -13,15 +13,9 @@ from itertools import product
 import pandas as pd
 
 from .experiments import graft_seeds, run_method, runs_frame  # noqa: F401  (runs_frame: for the chapters)
-from .profiles import GRAFT_METHODS
-from .profiles import METHODS as ALL_METHODS
-
-METHODS = ALL_METHODS
-BASELINES = tuple(m for m in METHODS if m not in GRAFT_METHODS)
-METHOD_LABELS = {"netgraft": "NetGraft (book recipe)", "netgraft_paper": "NetGraft (paper recipe)",
-                 "kd": "KD, from random", "scratch": "labels, from random",
-                 "kd_inherited": "KD, teacher's blocks 1..k kept", "scratch_inherited": "labels, teacher's blocks kept",
-                 "teacher": "teacher"}
+from ..methods import BASELINE_METHODS as BASELINES
+from ..methods import GRAFT_METHODS, METHODS
+from ..methods import LABELS as METHOD_LABELS
 RUN_KEYS = ["dataset", "shots", "seed"]
 
 
@@ -124,8 +118,8 @@ def save_fidelity(rows: pd.DataFrame, output_root=None):
     own teacher's rows: chapter 5 the VGG16's, the ResNet chapter the ResNet-56's)."""
     from pathlib import Path
 
-    from .cache import default_output_root
-    from .plots import save_table
+    from ..cache import default_output_root
+    from ..plots import save_table
 
     path = Path(output_root if output_root is not None else default_output_root()) / "tables" / "fidelity.csv"
     old = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=FIDELITY_COLUMNS)
@@ -141,7 +135,7 @@ def untrained_controls(fidelity: pd.DataFrame) -> list[str]:
     as N grows: such a control did not train, so its gap to NetGraft is no tuned comparison. The VGG16's
     baselines have rates chosen on CIFAR-10's validation pool (CIFAR-100 reuses them); a published teacher's
     were probed for it (nbgraft.profiles)."""
-    from .data import NUM_CLASSES
+    from ..data import NUM_CLASSES
 
     lines = []
     rows = fidelity[fidelity["method"].isin(BASELINES)].sort_values("shots")

@@ -15,9 +15,10 @@ from dataclasses import fields
 import pandas as pd
 
 from .experiments import run_method
-from .plots import save_table
-from .profiles import METHODS, get_profile
-from .training import progress
+from ..plots import save_table
+from ..methods import METHODS
+from ..profiles import get_profile
+from ..training import progress
 
 LR_SCALES = (1 / 3, 1.0, 3.0)
 LENGTHS = (0.5, 1.0, 2.0)

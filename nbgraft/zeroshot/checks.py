@@ -11,12 +11,12 @@ import copy
 
 import torch
 
-from .cache import Entry
-from .device import pick_device
+from ..cache import Entry
+from ..device import pick_device
 from .dfad import DatafreeGame, book_student, build_datafree, datafree_schedule
 from .gan import Discriminator, GanGame, Generator, book_teacher, build_gan, gan_schedule, real_pool
 from .onestage import SCHEMES, Noise, gradient_gap, time_iterations
-from .profiles import get_profile
+from ..profiles import get_profile
 
 # (game, factor, loss, BatchNorm in D, D's passes, exact in theory): the cases the derivation tells apart.
 GAN_CASES = [

@@ -16,14 +16,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from .cache import default_output_root
-from .data import check_dataset
-from .experiments import graft_seeds, run_baseline
-from .plots import save_table
-from .profiles import BASELINE_METHODS, DATASETS, GRAFT_METHODS, get_profile
+from ..cache import default_output_root
+from ..data import check_dataset
+from .experiments import graft_seeds, run_student
+from ..plots import save_table
+from ..data import DATASETS
+from ..methods import BASELINE_METHODS, GRAFT_METHODS, LABELS
+from ..profiles import get_profile
 from .teacher import check_teacher
-from .profiles import METHODS as RECIPES
-from .training import progress
+from ..methods import METHODS as RECIPES
+from ..training import progress
 
 # NetGraft with one piece removed or swapped: overrides of a recipe's schedule ("netgraft", the book's,
 # unless `recipe` says otherwise) and optionally other student options. Each is compared with its recipe.
@@ -37,7 +39,7 @@ GRAFT_VARIANTS: dict[str, dict] = {
     "bn_student": {"recipe": "netgraft_paper", "student": {"batch_norm": True}},  # the book's old student
 }
 VARIANT_LABELS = {
-    "netgraft": "NetGraft (book recipe)", "netgraft_paper": "NetGraft (paper recipe)",
+    **{m: LABELS[m] for m in GRAFT_METHODS},
     "block_only": "block grafting only", "net_only": "net stage only", "random_init": "random init (paper)",
     "logits_only": "loss on logits only",
     "no_mixup": "no mixup", "all_at_once": "whole student at once",
@@ -58,7 +60,7 @@ def reference(method: str) -> str:
     return variant(method)[0]
 BASELINES = BASELINE_METHODS
 METHODS = (*RECIPES, *GRAFT_VARIANTS)
-COMPARISON = RECIPES  # accuracy vs N: both NetGraft recipes and the four baselines
+COMPARISON = tuple(RECIPES)  # accuracy vs N: both NetGraft recipes and the four baselines
 ABLATIONS = ("netgraft", "netgraft_paper", *GRAFT_VARIANTS)  # at a fixed N, next to the recipe they change
 
 # Shen et al., AAAI 2021, VGG16 teacher and student, test accuracy (%) mean and std: quoted, not ours.
@@ -213,7 +215,7 @@ def run_one(run: Run, profile="cpu", *, data_root=None, output_root=None, device
     """
     kw = {"data_root": data_root, "output_root": output_root, "device": device, "teacher": run.teacher}
     if run.method in BASELINES:
-        return run_baseline(run.method, run.dataset, run.shots, run.seed, profile, **kw)
+        return run_student(run.method, run.dataset, run.shots, run.seed, profile, **kw)
     recipe, overrides, student = variant(run.method)
     seeds = list(dict.fromkeys((run.seed, *seeds_together)))
     return graft_seeds(run.dataset, run.shots, seeds, profile, method=recipe, student=student, **kw, **overrides)[0]

@@ -15,17 +15,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import data as D
-from .cache import DamagedEntry, Entry, warn
-from .device import accumulator, autocast, machine, pick_device, policy
-from .evaluate import predict, report
-from .models import BlockNet, build, load_state, spec_from_dict
-from .models import resnet as R
-from .models import vgg as V
-from .profiles import TEACHERS, get_profile
-from .training import generator, progress, seed_everything, sgd_with_cosine
+from .. import data as D
+from ..cache import DamagedEntry, Entry, Memo, warn
+from ..device import accumulator, autocast, machine, pick_device, policy
+from ..evaluate import predict, report
+from ..models import BlockNet, build, load_state, spec_from_dict
+from ..models import resnet as R
+from ..models import vgg as V
+from ..profiles import TEACHERS, get_profile
+from ..training import TEACHER_STRIDE, derive_seed, generator, progress, seed_everything, sgd_with_cosine
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def check_teacher(teacher: str, dataset: str) -> str:
@@ -69,7 +69,8 @@ def teacher_config(dataset: str, profile, seed: int = 0, teacher: str = "vgg16",
 def teacher_entry(dataset: str, profile="cpu", *, seed: int = 0, teacher: str = "vgg16", data_root=None,
                   output_root=None) -> Entry:
     """The teacher's cache entry (its key is `teacher_config`), whether or not it is trained yet."""
-    return Entry(output_root, "teacher", teacher_config(dataset, profile, seed, teacher, data_root))
+    return Entry(output_root, "teacher", teacher_config(dataset, profile, seed, teacher, data_root),
+                 metrics=("test_accuracy", "wall_s", "train_images"), files=("test_pred.pt",))
 
 
 def spec_from_config(cfg: dict):
@@ -85,7 +86,7 @@ def teacher_stamp(entry: Entry) -> tuple:
 
 # Teachers already read back in this process, by stored teacher (teacher_stamp) and device: a cached
 # sweep asks for its teacher once per run, and building it again each time was most of its read-back time.
-_LOADED: dict[tuple, tuple[BlockNet, dict]] = {}
+_LOADED = Memo(3)
 
 
 def get_teacher(dataset: str, profile="cpu", *, seed: int = 0, data_root=None, output_root=None, device=None,
@@ -94,13 +95,11 @@ def get_teacher(dataset: str, profile="cpu", *, seed: int = 0, data_root=None, o
     Callers share the returned module: it stays frozen and in eval mode."""
     device = pick_device(device)
     entry = teacher_entry(dataset, profile, seed=seed, teacher=teacher, data_root=data_root, output_root=output_root)
-    if entry.done and (memo := (*teacher_stamp(entry), str(device))) in _LOADED:
-        net, metrics = _LOADED[memo]
-        return net, dict(metrics)
-    net, metrics = _get_teacher(entry, dataset, profile, seed, data_root, output_root, device, teacher)
-    if len(_LOADED) >= 3:
-        _LOADED.pop(next(iter(_LOADED)))
-    _LOADED[(*teacher_stamp(entry), str(device))] = net, metrics  # stamped after any training: a finished entry
+    fresh = None
+    if not entry.done:  # trained (or scored) now: the memo is keyed by the finished entry
+        fresh = _get_teacher(entry, dataset, profile, seed, data_root, output_root, device, teacher)
+    net, metrics = _LOADED.get((*teacher_stamp(entry), str(device)), lambda: fresh or _get_teacher(
+        entry, dataset, profile, seed, data_root, output_root, device, teacher))
     return net, dict(metrics)
 
 
@@ -233,7 +232,7 @@ def _train(model: BlockNet, entry: Entry, profile, data_root, device: torch.devi
     saved_at = time.perf_counter()
     for epoch in bar:
         t0 = time.perf_counter()
-        gen = generator(cfg["seed"] * 100003 + epoch, device)
+        gen = generator(derive_seed(cfg["seed"], epoch, TEACHER_STRIDE), device)
         loss, acc = train_epoch(model, x, y, opt, lr_sched, sched, gen)
         val = report(model, x_val, y_val)["accuracy"]
         state["wall_s"] += time.perf_counter() - t0

@@ -8,7 +8,7 @@ the training data's statistics; a teacher without BatchNorm has none to match, a
 term and the image prior remain (what DeepInversion calls DeepDream-style inversion).
 
 The images are rounded to 8 bits and stored like a data set's, so NetGraft runs on them unchanged
-(nbgraft.experiments.graft_seeds with `source="synthetic"`). `noise_images` gives the control: the
+(nbgraft.runs.experiments.graft_seeds with `source="synthetic"`). `noise_images` gives the control: the
 same number of images of uniform pixel noise. Nothing here reads a real image.
 """
 
@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import data as D
-from .cache import Entry
-from .device import machine, pick_device
-from .evaluate import predict
-from .profiles import get_profile, schedule_for
-from .teacher import get_teacher, teacher_entry
+from .. import data as D
+from ..cache import Entry
+from ..device import machine, pick_device
+from ..evaluate import predict
+from ..profiles import get_profile, schedule_for
+from ..runs.teacher import get_teacher, teacher_entry
 
 SOURCES = ("real", "synthetic", "noise")
 
