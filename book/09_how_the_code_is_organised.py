@@ -105,7 +105,7 @@ ypos = {layer: k for k, layer in enumerate(LAYERS)}
 for (a, b), n in edges.items():  # downhill arrows on the left, the few uphill ones on the right
     x = 0.08 if ypos[b] < ypos[a] else 0.92
     ax.annotate("", xy=(x, ypos[b]), xytext=(x, ypos[a]), zorder=1,
-                arrowprops={"arrowstyle": "->", "lw": 0.5 + n / 8, "alpha": 0.45, "shrinkA": 6, "shrinkB": 6,
+                arrowprops={"arrowstyle": "->", "color": "0.25", "lw": 0.5 + n / 8, "alpha": 0.5, "shrinkA": 6, "shrinkB": 6,
                             "connectionstyle": f"arc3,rad={(0.25 + 0.04 * abs(ypos[a] - ypos[b])) * (1 if x < 0.5 else -1)}"})
 for layer, y in ypos.items():
     names = modules[modules.layer == layer].module.str.replace("nbgraft.", "", regex=False)

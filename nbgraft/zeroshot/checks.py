@@ -12,7 +12,7 @@ import copy
 import torch
 
 from ..cache import Entry
-from ..device import pick_device
+from ..device import machine, pick_device
 from .dfad import DatafreeGame, book_student, build_datafree, datafree_schedule
 from .gan import Discriminator, GanGame, Generator, book_teacher, build_gan, gan_schedule, real_pool
 from .onestage import SCHEMES, Noise, gradient_gap, time_iterations
@@ -86,4 +86,5 @@ def time_schemes(game: str, profile="cpu", seed: int = 0, *, schemes=SCHEMES, da
                 Noise(sched.z_dim, sched.batch_size, seed + 1, device, real)) for s in schemes}
     out = time_iterations(runs, sched.timing, device, d_steps)
     return entry.finish({"game": game, "profile": profile.name, **out, "batch_size": sched.batch_size,
-                         "d_steps": d_steps, "device": str(device), "torch_threads": torch.get_num_threads()})
+                         "d_steps": d_steps, "device": str(device), "machine": machine(device),
+                         "torch_threads": torch.get_num_threads()})
