@@ -4,14 +4,15 @@ Layers, bottom up: infrastructure (`cache`, `data`, `device`, `training`, `sched
 `plots`), `models` (networks as blocks, model families), `grafting` (the engine), `methods` (the method table,
 the baselines), `runs` (cached runs, sweeps, reports), `zeroshot` (no real image), and the entry points `cli`
 and `book`. What the README shows is importable from here: `BlockNet`, `GraftParts`, `GraftSchedule`,
-`netgraft`, `export_student`, `new_parts`.
+`netgraft`, `export_student`, `new_parts`, `load_teacher`.
 """
 
 __version__ = "0.1.0"
 
 _API = {"BlockNet": "models", "GraftParts": "grafting", "Grafted": "grafting", "netgraft": "grafting",
         "export_student": "grafting", "new_parts": "grafting", "GraftSchedule": "schedules",
-        "BaselineSchedule": "schedules", "get_profile": "profiles", "METHODS": "methods"}
+        "BaselineSchedule": "schedules", "get_profile": "profiles", "METHODS": "methods",
+        "load_teacher": "runs.teacher"}
 
 
 def __getattr__(name: str):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -323,3 +325,74 @@ def test_copy_of_published_file_is_found_through_the_environment(tmp_path, monke
     shutil.copy(PUBLISHED, tmp_path / PUBLISHED.name)
     monkeypatch.setenv("NBGRAFT_TEACHERS", str(tmp_path))
     assert teachers_root() == [tmp_path]
+
+
+@pytest.mark.slow
+def test_the_readme_bring_your_own_example_runs_as_written(tmp_path):
+    """The README's "Bring your own teacher" code block, executed as written from the repository root."""
+    import re
+    import runpy
+
+    if not PUBLISHED.is_file():
+        pytest.skip(f"the published ResNet-56 is not at {PUBLISHED}")
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Bring your own teacher"):readme.index("## Profiles")]
+    (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    script = tmp_path / "byo.py"
+    script.write_text(code)
+    cwd = os.getcwd()
+    try:
+        os.chdir(REPO)
+        out = runpy.run_path(str(script))
+    finally:
+        os.chdir(cwd)
+    student, teacher = out["student"], out["teacher"]
+    assert len(student) == len(teacher) and sum(p.numel() for p in student.parameters()) < \
+        sum(p.numel() for p in teacher.parameters())
+    losses = [v for log in (out["block_log"], out["net_log"]) for vs in log.losses.values() for v in vs]
+    assert losses and all(np.isfinite(losses))
+
+
+def test_checkpoints_of_any_depth_load_and_say_what_they_are(tmp_path):
+    """A CIFAR ResNet checkpoint of another depth, saved without `num_batches_tracked` and with the `module.`
+    prefix (the published format), loads through load_teacher; a wrong arch names the depth the file holds."""
+    from nbgraft import load_teacher
+
+    if not PUBLISHED.is_file():
+        pytest.skip(f"the published ResNet-56 is not at {PUBLISHED}")
+    raw = torch.load(PUBLISHED, map_location="cpu", weights_only=True)["state_dict"]
+    # a ResNet-20 in the published format: the ResNet-56's stem, first three blocks per stage and head
+    small = {k: v for k, v in raw.items() if not k.startswith("module.layer") or int(k.split(".")[2]) < 3}
+    path = tmp_path / "resnet20.th"
+    torch.save({"state_dict": small}, path)
+    teacher = load_teacher(path, arch="resnet20")
+    assert teacher.spec.depth == 20 and len(teacher) == 11 and not any(p.requires_grad for p in teacher.parameters())
+    with torch.no_grad():
+        assert teacher(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="holds a ResNet-20 .* use arch resnet20"):
+        load_teacher(path, arch="resnet56")
+    with pytest.raises(ValueError, match="has md5"):
+        load_teacher(path, arch="resnet20", md5="0" * 32)
+    with pytest.raises(ValueError, match="unknown arch 'vgg11'"):
+        load_teacher(path, arch="vgg11")
+
+
+def test_netgraft_honours_the_schedules_init_or_refuses_what_it_cannot_do():
+    """`init="teacher"` in the schedule starts the parts from the teacher inside netgraft (it was silently
+    ignored); validation curves need the runs layer's pool and are refused."""
+    from dataclasses import replace
+
+    from nbgraft import netgraft
+    from nbgraft.grafting import export_student
+
+    torch.manual_seed(0)
+    t_spec = V.teacher_spec(10, width=0.125, batch_norm=True)
+    teacher = _randomise_bn(build(t_spec)).eval()
+    x = torch.randn(20, 3, 32, 32)
+    sched = GraftSchedule(block_epochs=(0,), net_epochs=(0,), init="teacher")
+    student, _, _ = netgraft(teacher, new_parts(teacher, V.student_spec(t_spec), seed=0), x, sched, shots=2)
+    started = export_student(teacher, new_parts(teacher, V.student_spec(t_spec), seed=0, init="teacher", x=x))
+    for a, b in zip(student.state_dict().values(), started.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="val_every=0"):
+        netgraft(teacher, new_parts(teacher, V.student_spec(t_spec), seed=0), x, replace(sched, val_every=5), shots=2)

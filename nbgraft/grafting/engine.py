@@ -23,6 +23,7 @@ import torch
 
 from ..device import accumulator, autocast
 from ..models import BlockNet
+from ..models.inherit import inherit
 from ..schedules import GraftSchedule
 from ..training import NET_STEP_STRIDE, derive_seed, progress
 from .losses import LossPlan, loss_plan, plan_loss
@@ -231,8 +232,23 @@ def graft_net(teacher: BlockNet, parts: GraftParts, x: torch.Tensor, sched: Graf
 
 
 def netgraft(teacher: BlockNet, parts: GraftParts, x: torch.Tensor, sched: GraftSchedule, shots: int,
-             seed: int = 0) -> tuple[BlockNet, StageLog, StageLog]:
+             seed: int = 0, inherit_block=None, groups=None) -> tuple[BlockNet, StageLog, StageLog]:
     """Both stages on few-shot images x (in the teacher's input space), then the folded student:
-    (student, block-stage log, net-stage log). One teacher cache serves both stages."""
+    (student, block-stage log, net-stage log). One teacher cache serves both stages.
+
+    Every field of `sched` is honoured or refused: `init` "teacher"/"teacher_fit" first starts `parts` from the
+    teacher (nbgraft.models.inherit: the teacher family's `inherit_block`, or yours with `groups` for a network
+    of your own); `val_every` > 0 asks for validation curves, which need the labelled pool of the runs layer
+    (nbgraft.runs.experiments.graft_seeds) and are refused here."""
+    if sched.val_every:
+        raise ValueError(f"netgraft has no validation set, so it cannot record curves every {sched.val_every} epochs: "
+                         "pass a schedule with val_every=0 (graft_seeds records them on the validation pool)")
+    if sched.init != "random":
+        if sched.init not in ("teacher", "teacher_fit"):
+            raise ValueError(f"unknown init {sched.init!r}; use 'random' (the paper), 'teacher' or 'teacher_fit'")
+        if parts.widths is None:
+            raise ValueError("init from the teacher needs GraftParts built with GraftParts.around")
+        parts.set_adapter_maps(inherit(teacher, parts.first, parts.blocks, parts.widths, x, inherit_block, groups,
+                                       fit=sched.init == "teacher_fit"))
     _, (block_log,), (net_log,) = train_seeds(teacher, [parts], x[None], sched, shots, [seed], stack="loop")
     return export_student(teacher, parts), block_log, net_log

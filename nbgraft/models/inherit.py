@@ -100,11 +100,14 @@ def inherit(teacher: BlockNet, first: int, blocks: Sequence[nn.Module], student_
     """
     if inherit_block is None or groups is None:
         if teacher.spec is None:
-            raise ValueError("starting from the teacher needs to know how to slice its blocks: pass inherit_block= "
-                             "(and groups= for residual streams), or use init='random'")
-        fam = family(teacher.spec)
-        inherit_block = inherit_block or fam.inherit_block
-        groups = fam.stream_groups(teacher.spec) if groups is None else groups
+            if inherit_block is None:
+                raise ValueError("starting from the teacher needs to know how to slice its blocks: pass "
+                                 "inherit_block= (and groups= for residual streams), or use init='random'")
+            groups = []  # a network of your own: no boundaries share a residual stream unless `groups` says so
+        else:
+            fam = family(teacher.spec)
+            inherit_block = inherit_block or fam.inherit_block
+            groups = fam.stream_groups(teacher.spec) if groups is None else groups
     x = x[:: -(-len(x) // MAX_IMAGES)]  # every k-th image: the draw is class by class, so this keeps every class
     keep = choose_channels(teacher, first, student_widths, x, groups)
     with torch.no_grad():

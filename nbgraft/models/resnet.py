@@ -314,27 +314,56 @@ def published_state(spec: ResNetSpec, raw: dict) -> dict:
     return out
 
 
-def load_published(name: str, path: str | Path, num_classes: int = 10) -> BlockNet:
-    """A published CIFAR ResNet from its checkpoint file, checked (md5, then architecture); eval mode."""
+def checkpoint_depth(raw: dict) -> int:
+    """The depth 6n + 2 of a CIFAR ResNet checkpoint, from the blocks of its first stage."""
+    blocks = {int(k.removeprefix("module.").split(".")[1]) for k in raw if k.removeprefix("module.").startswith("layer1.")}
+    if not blocks:
+        raise ValueError("it has no layer1.* weights: not a CIFAR ResNet checkpoint in this format")
+    return 6 * (max(blocks) + 1) + 2
+
+
+def load_checkpoint(path: str | Path, depth: int | None = None, md5: str | None = None) -> BlockNet:
+    """A CIFAR ResNet of any depth 6n + 2 (He et al. 2016, option-A shortcuts) from a checkpoint in the published
+    format (`{"state_dict": ...}` or the state dict itself, keys with or without `module.`), as an eval-mode
+    BlockNet. Checked in order: the md5 (if given), the depth the file holds against `depth` (if given), then
+    every weight's name and shape. The classes are read from the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}" + (" (it is a folder)" if path.is_dir() else ""))
+    if md5 is not None and (digest := _md5(path)) != md5:
+        raise ValueError(f"{path} has md5 {digest}, expected {md5}: the file is truncated, damaged or another "
+                         "network's; fetch it again")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path} could not be read as a checkpoint ({type(err).__name__}: {err})") from None
+    raw = raw.get("state_dict", raw) if isinstance(raw, dict) else raw
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path} holds no state dict")
+    try:
+        found = checkpoint_depth(raw)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    if depth is not None and depth != found:
+        raise ValueError(f"{path} holds a ResNet-{found} ({(found - 2) // 6} blocks per stage), not a ResNet-{depth}: "
+                         f"use arch resnet{found}")
+    linear = raw.get("module.linear.weight", raw.get("linear.weight"))
+    spec = teacher_spec(found, int(linear.shape[0]) if linear is not None else 10)
+    net = build(spec, init=False)
+    state = published_state(spec, raw)
+    for key in net.state_dict():  # saved before BatchNorm counted its batches
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = torch.tensor(0)
+    load_state(net, state, f"checkpoint {path}")
+    return net.eval()
+
+
+def load_published(name: str, path: str | Path) -> BlockNet:
+    """A published CIFAR ResNet (PUBLISHED) from its checkpoint file, checked (md5, depth, architecture)."""
     if name not in PUBLISHED:
         raise ValueError(f"no published weights named {name!r}; nbgraft knows {', '.join(PUBLISHED)}")
     info, path = PUBLISHED[name], Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"the {name} weights are not at {path}: put {info['file']} there (see the README, "
                                 "'The published teacher'), or set NBGRAFT_TEACHERS to the folder that holds it")
-    digest = _md5(path)
-    if digest != info["md5"]:
-        raise ValueError(f"{path} is not the published {name} checkpoint (md5 {digest}, expected {info['md5']}): "
-                         "the file is truncated, damaged or another network's; fetch it again")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    except Exception as err:
-        raise ValueError(f"{path} could not be read as a checkpoint ({type(err).__name__}: {err})") from None
-    spec = teacher_spec(info["depth"], num_classes)
-    net = build(spec, init=False)
-    state = published_state(spec, raw)
-    for key in net.state_dict():  # saved before BatchNorm counted its batches
-        if key.endswith("num_batches_tracked") and key not in state:
-            state[key] = torch.tensor(0)
-    load_state(net, state, f"published checkpoint {path}")
-    return net.eval()
+    return load_checkpoint(path, info["depth"], info["md5"])

@@ -9,6 +9,7 @@ way the test set is evaluated once, for the report, and the predictions are cach
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -37,6 +38,17 @@ def check_teacher(teacher: str, dataset: str) -> str:
     if dataset not in TEACHERS[teacher]:
         raise ValueError(f"the {teacher} teacher exists for {', '.join(TEACHERS[teacher])}, not {dataset}")
     return teacher
+
+
+def load_teacher(path: str | Path, arch: str, md5: str | None = None) -> BlockNet:
+    """A pretrained network from its checkpoint file, as a frozen eval-mode BlockNet that carries its spec (the
+    input normalisation included: `teacher.spec.mean`, `.std`). `arch`: "resnetD" for a CIFAR ResNet of any
+    depth D = 6n + 2 in the published format (checked against the file); `md5`: the file's checksum, if known."""
+    match = re.fullmatch(r"resnet(\d+)", str(arch))
+    if not match or (int(match.group(1)) - 2) % 6 or int(match.group(1)) < 8:
+        raise ValueError(f"unknown arch {arch!r}: nbgraft loads CIFAR ResNets of depth 6n + 2, e.g. resnet20, "
+                         "resnet32, resnet44, resnet56, resnet110")
+    return R.load_checkpoint(path, int(match.group(1)), md5).requires_grad_(False)
 
 
 def teachers_root() -> list[Path]:
