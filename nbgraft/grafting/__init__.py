@@ -4,9 +4,9 @@ stages written once (`engine`) and scores from shared teacher activations (`scor
 
 from .engine import (StageLog, block_optimizer, graft_blocks, graft_blocks_stacked, graft_net, graft_net_stacked,
                      needed_boundaries, net_optimizer, net_steps, netgraft, seed_cache, stage_spans, train_seeds)
-from .losses import LossPlan, feature_loss, graft_loss, hybrid_loss, kd_loss, loss_plan, plan_loss, run_hybrid
+from .losses import LossPlan, feature_loss, graft_loss, kd_loss, loss_plan, plan_loss, run_hybrid
 from .parts import (ChannelMap, GraftParts, Grafted, adapter, export_student, fold, folds_adapters, new_parts,
-                    set_map)
+                    set_map, start_parts)
 from .scoring import SharedBoundaries
 from .stacks import STACKS, LoopedParts, StackedParts, stack_for, stack_name
 from .views import TeacherCache, augmented_views, epoch_batches, mix, pooled
@@ -14,6 +14,7 @@ from .views import TeacherCache, augmented_views, epoch_batches, mix, pooled
 __all__ = ["STACKS", "ChannelMap", "GraftParts", "Grafted", "LoopedParts", "LossPlan", "SharedBoundaries",
            "StackedParts", "StageLog", "TeacherCache", "adapter", "augmented_views", "block_optimizer", "epoch_batches",
            "export_student", "feature_loss", "fold", "folds_adapters", "graft_blocks", "graft_blocks_stacked",
-           "graft_loss", "graft_net", "graft_net_stacked", "hybrid_loss", "kd_loss", "loss_plan", "mix",
+           "graft_loss", "graft_net", "graft_net_stacked", "kd_loss", "loss_plan", "mix",
            "needed_boundaries", "net_optimizer", "net_steps", "netgraft", "new_parts", "plan_loss", "pooled",
-           "run_hybrid", "seed_cache", "set_map", "stack_for", "stack_name", "stage_spans", "train_seeds"]
+           "run_hybrid", "seed_cache", "set_map", "stack_for", "stack_name", "stage_spans", "start_parts",
+           "train_seeds"]

@@ -23,11 +23,10 @@ import torch
 
 from ..device import accumulator, autocast
 from ..models import BlockNet
-from ..models.inherit import inherit
 from ..schedules import GraftSchedule
 from ..training import NET_STEP_STRIDE, derive_seed, progress
 from .losses import LossPlan, loss_plan, plan_loss
-from .parts import GraftParts, export_student
+from .parts import GraftParts, export_student, start_parts
 from .stacks import LoopedParts, StackedParts, stack_for
 from .views import TeacherCache, epoch_batches
 
@@ -99,7 +98,7 @@ def seed_cache(teacher: BlockNet, stacked, xs: torch.Tensor, sched: GraftSchedul
 
 
 def _stacked_loss(stacked, hybrid, a: int, acts: dict, sched: GraftSchedule, plan: LossPlan):
-    """(S,) loss of each seed's hybrid (nbgraft.grafting.losses.hybrid_loss, per seed)."""
+    """(S,) grafting loss of each seed's hybrid from block a's input (see loss_plan)."""
     with autocast(acts[a].device):
         feats, logits = hybrid(acts[a])
     return plan_loss(feats, logits, acts, plan, lambda o, t: stacked.losses(o, t, sched), stacked.feature_losses)
@@ -243,12 +242,6 @@ def netgraft(teacher: BlockNet, parts: GraftParts, x: torch.Tensor, sched: Graft
     if sched.val_every:
         raise ValueError(f"netgraft has no validation set, so it cannot record curves every {sched.val_every} epochs: "
                          "pass a schedule with val_every=0 (graft_seeds records them on the validation pool)")
-    if sched.init != "random":
-        if sched.init not in ("teacher", "teacher_fit"):
-            raise ValueError(f"unknown init {sched.init!r}; use 'random' (the paper), 'teacher' or 'teacher_fit'")
-        if parts.widths is None:
-            raise ValueError("init from the teacher needs GraftParts built with GraftParts.around")
-        parts.set_adapter_maps(inherit(teacher, parts.first, parts.blocks, parts.widths, x, inherit_block, groups,
-                                       fit=sched.init == "teacher_fit"))
+    start_parts(teacher, parts, sched.init, x, inherit_block, groups)
     _, (block_log,), (net_log,) = train_seeds(teacher, [parts], x[None], sched, shots, [seed], stack="loop")
     return export_student(teacher, parts), block_log, net_log

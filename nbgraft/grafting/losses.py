@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..device import autocast
 from ..schedules import GraftSchedule
 from .parts import Grafted
 
@@ -17,7 +16,8 @@ from .parts import Grafted
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Hinton et al.'s distillation loss: KL between the temperature-softened distributions, times T^2."""
     t = temperature
-    return F.kl_div(F.log_softmax(student_logits / t, 1), F.softmax(teacher_logits / t, 1), reduction="batchmean") * t * t
+    return F.kl_div(F.log_softmax(student_logits / t, 1), F.softmax(teacher_logits / t, 1),
+                    reduction="batchmean") * t * t
 
 
 def graft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str = "nmse",
@@ -87,12 +87,3 @@ def plan_loss(feats, logits, acts: dict, plan: LossPlan, logit_fn, feature_fn):
         f = sum(feature_fn(x.float(), acts[p].float()) for x, p in zip(feats, plan.points)) / len(plan.points)
         loss = loss + plan.feature_weight * f
     return loss
-
-
-def hybrid_loss(model: Grafted, h: torch.Tensor, acts: dict, sched: GraftSchedule) -> torch.Tensor:
-    """The grafting loss of the hybrid from block a's input (see loss_plan)."""
-    plan = loss_plan(sched, model.a, model.b, len(model.teacher))
-    with autocast(h.device):
-        feats, logits = run_hybrid(model, h, plan)
-    return plan_loss(feats, logits, acts, plan, lambda o, t: graft_loss(o, t, sched.loss, sched.temperature),
-                     feature_loss)

@@ -207,8 +207,19 @@ def new_parts(teacher: BlockNet, s_spec, seed: int, init: str = "random", x: tor
     first, blocks = family(s_spec).student_blocks(teacher.spec, s_spec)
     widths = s_spec.boundary_widths()[first:]
     parts = GraftParts.around(teacher.widths, first, blocks, widths).to(next(teacher.parameters()).device)
+    return start_parts(teacher, parts, init, x)
+
+
+def start_parts(teacher: BlockNet, parts: GraftParts, init: str, x: torch.Tensor | None, inherit_block=None,
+                groups=None) -> GraftParts:
+    """`parts` as `init` starts them: as they are ("random", the paper), or copied from the teacher's blocks
+    restricted to the kept channels ("teacher"; "teacher_fit" also fits each exit map on `x`), through the
+    teacher family's `inherit_block` or yours (nbgraft.models.inherit)."""
     if init in ("teacher", "teacher_fit"):
-        parts.set_adapter_maps(inherit(teacher, first, parts.blocks, widths, x, fit=init == "teacher_fit"))
+        if parts.widths is None:
+            raise ValueError("init from the teacher needs GraftParts built with GraftParts.around")
+        parts.set_adapter_maps(inherit(teacher, parts.first, parts.blocks, parts.widths, x, inherit_block, groups,
+                                       fit=init == "teacher_fit"))
     elif init != "random":
         raise ValueError(f"unknown init {init!r}; use 'random' (the paper), 'teacher' or 'teacher_fit'")
     return parts

@@ -42,7 +42,8 @@ def train_baseline(teacher: BlockNet, student_spec, x: torch.Tensor, y: torch.Te
     bs = min(sched.batch_size, len(x))
     gen = generator(seed, x.device)
     losses, step, t0 = [], 0, time.perf_counter()
-    bar = progress(total=sched.steps, desc=f"baseline ({'labels' if labels else 'KD'}{', inherited' if inherited else ''})")
+    bar = progress(total=sched.steps,
+                   desc=f"baseline ({'labels' if labels else 'KD'}{', inherited' if inherited else ''})")
     model.train()
     for m in model.blocks[:first] if inherited else ():
         m.eval()

@@ -316,7 +316,8 @@ def published_state(spec: ResNetSpec, raw: dict) -> dict:
 
 def checkpoint_depth(raw: dict) -> int:
     """The depth 6n + 2 of a CIFAR ResNet checkpoint, from the blocks of its first stage."""
-    blocks = {int(k.removeprefix("module.").split(".")[1]) for k in raw if k.removeprefix("module.").startswith("layer1.")}
+    names = (k.removeprefix("module.") for k in raw)
+    blocks = {int(name.split(".")[1]) for name in names if name.startswith("layer1.")}
     if not blocks:
         raise ValueError("it has no layer1.* weights: not a CIFAR ResNet checkpoint in this format")
     return 6 * (max(blocks) + 1) + 2

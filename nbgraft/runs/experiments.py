@@ -55,8 +55,7 @@ def cached_runs(method: str, output_root=None, *, profile=None, dataset: str | N
     if profile is None or dataset is None:
         raise ValueError("give both profile and dataset, or neither")
     profile, dataset = get_profile(profile), D.check_dataset(dataset)
-    own = json.loads(json.dumps(_plain(recipe_for(profile, method, dataset, teacher, source)
-                                       if meth.kind == "graft" else profile.recipe(meth.recipe_name, dataset, teacher))))
+    own = json.loads(json.dumps(_plain(recipe_for(profile, method, dataset, teacher, source))))
     student = json.loads(json.dumps(_plain(student_spec_for(teacher_spec_for(dataset, profile, teacher)))))
     return [m for m in runs if m.get("dataset") == dataset and m.get("profile") == profile.name
             and m.get("teacher_name", "vgg16") == teacher and m.get("schedule") == own

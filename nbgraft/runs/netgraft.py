@@ -10,7 +10,7 @@ from dataclasses import replace
 import torch
 
 from .. import data as D
-from ..cache import RUN_METRICS, DamagedEntry, Entry
+from ..cache import DamagedEntry, Entry
 from ..device import machine, pick_device
 from ..evaluate import count_flops, count_params
 from ..grafting.engine import train_seeds
@@ -19,7 +19,7 @@ from ..grafting.stacks import stack_name
 from ..methods import check_method
 from ..models import BlockNet, build, load_state, spec_from_dict
 from ..profiles import get_profile
-from .setting import Setting, _base_config, prepare, recipe_for, student_spec_for
+from .setting import Setting, _base_config, prepare, recipe_for, run_cache_entry, student_spec_for
 from .teacher import check_teacher, teacher_spec_for
 
 def graft_seeds(dataset: str, shots: int, seeds, profile="cpu", *, method: str = "netgraft", teacher: str = "vgg16",
@@ -36,15 +36,14 @@ def graft_seeds(dataset: str, shots: int, seeds, profile="cpu", *, method: str =
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be a non-empty list of distinct integers, got {seeds}")
-    m = check_method(method, kind="graft")
+    check_method(method, kind="graft")
     profile = get_profile(profile)
     dataset = D.check_dataset(dataset)
     sched = replace(recipe_for(profile, method, dataset, check_teacher(teacher, dataset), source), **schedule_overrides)
     s_spec = student_spec_for(teacher_spec_for(dataset, profile, teacher), student)
     kw = {"teacher": teacher, "data_root": data_root, "output_root": output_root, "device": device}
     settings = [prepare(dataset, shots, seed, profile, source=source, **kw) for seed in seeds]
-    entries = [Entry(output_root, m.cache_kind, {**_base_config(s, method), "schedule": sched, "student": s_spec},
-                     metrics=RUN_METRICS, files=m.files) for s in settings]
+    entries = [run_cache_entry(output_root, method, _base_config(s, method), sched, s_spec) for s in settings]
     todo = [k for k, e in enumerate(entries) if not e.done]
     if todo:
         with contextlib.ExitStack() as held:  # another process computing one of them: wait, then read it
@@ -149,7 +148,8 @@ def _train_together(settings: list[Setting], sched, s_spec, stack: str, method: 
             "fold_same_predictions": bool((logits_f.argmax(1) == logits_u.argmax(1)).all()),
             **static, "teacher_spec": teacher.spec, "student_spec": s_spec, "schedule": sched,
             "device": str(s.x.device), "torch_threads": torch.get_num_threads(), "machine": machine(s.x.device),
-            "seed_stack": stack_name(s.x.device, stack), "data_source": s.data_source, "images": len(s.x), "image_source": s.image_source,
+            "seed_stack": stack_name(s.x.device, stack), "data_source": s.data_source, "images": len(s.x),
+            "image_source": s.image_source,
         }, {"parts.pt": p.state_dict(), "student.pt": student.state_dict()}))
     return out
 

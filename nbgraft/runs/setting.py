@@ -21,7 +21,6 @@ from ..grafting.scoring import SharedBoundaries
 from ..methods import check_method
 from ..models import BlockNet, family
 from ..profiles import get_profile
-from ..schedules import GraftSchedule
 from ..zeroshot.inversion import check_source, noise_images, synthetic_entry, synthetic_pool, take
 from .teacher import (check_teacher, get_teacher, teacher_entry, teacher_spec_for, teacher_stamp,
                       teacher_test_predictions)
@@ -152,12 +151,21 @@ def _base_config(s: Setting, method: str) -> dict:
                        s.image_key)
 
 
-def recipe_for(profile, method: str, dataset: str, teacher: str = "vgg16", source: str = "real") -> GraftSchedule:
-    """The schedule of a grafting run: the profile's recipe, except that a run on images made without real data
-    scores its grafted parts on the validation pool only (a data-free student is reported at its last epoch;
-    chapter 7 and `nbgraft graft --images` share these runs)."""
-    sched = get_profile(profile).recipe(method, dataset, teacher)
-    return sched if check_source(source) == "real" else replace(sched, part_test_scores=False)
+def recipe_for(profile, method: str, dataset: str, teacher: str = "vgg16", source: str = "real"):
+    """The schedule of a run of `method`: the profile's recipe it reads (nbgraft.methods), except that a grafting
+    run on images made without real data scores its grafted parts on the validation pool only (a data-free
+    student is reported at its last epoch; chapter 7 and `nbgraft graft --images` share these runs)."""
+    m = check_method(method)
+    sched = get_profile(profile).recipe(m.recipe_name, dataset, teacher)
+    return sched if m.kind != "graft" or check_source(source) == "real" else replace(sched, part_test_scores=False)
+
+
+def run_cache_entry(output_root, method: str, base: dict, sched, s_spec) -> Entry:
+    """The cache entry of a run: its base config (base_config) with its schedule and student, stored under
+    the method's cache folder and checked for what a finished run holds."""
+    m = check_method(method)
+    return Entry(output_root, m.cache_kind, {**base, "schedule": sched, "student": s_spec}, metrics=RUN_METRICS,
+                 files=m.files)
 
 
 def student_spec_for(t_spec, student: dict | None = None):
@@ -175,18 +183,16 @@ def run_entry(method: str, dataset: str, shots: int, seed: int = 0, profile="cpu
     """The cache entry a run of `method` uses, found without training or loading a network (only the data's
     hash is read): how a table's `cache_key` is checked against the code."""
     profile, dataset = get_profile(profile), D.check_dataset(dataset)
-    m = check_method(method)
     check_teacher(teacher, dataset)
     t_key = teacher_entry(dataset, profile, teacher=teacher, data_root=data_root, output_root=output_root).key
     image_key = None
     if check_source(source) == "synthetic":
         image_key = synthetic_entry(dataset, seed, profile, t_key, output_root).key
     t_spec = teacher_spec_for(dataset, profile, teacher)
-    sched = (recipe_for(profile, method, dataset, teacher, source) if m.kind == "graft"
-             else profile.recipe(m.recipe_name, dataset, teacher))
-    cfg = {**base_config(method, dataset, shots, seed, profile, teacher, t_key, source, image_key),
-           "schedule": replace(sched, **schedule_overrides), "student": student_spec_for(t_spec, student)}
-    return Entry(output_root, m.cache_kind, cfg, metrics=RUN_METRICS, files=m.files)
+    return run_cache_entry(output_root, method, base_config(method, dataset, shots, seed, profile, teacher, t_key,
+                                                            source, image_key),
+                           replace(recipe_for(profile, method, dataset, teacher, source), **schedule_overrides),
+                           student_spec_for(t_spec, student))
 
 
 def check_parameters(*, datasets=None, shots=None, seeds=None, profile=None, teacher=None, methods=None) -> None:

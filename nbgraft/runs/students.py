@@ -9,12 +9,12 @@ from dataclasses import replace
 import torch
 
 from .. import data as D
-from ..cache import RUN_METRICS, Entry
+from ..cache import Entry
 from ..device import machine
 from ..evaluate import count_params
 from ..methods import check_method
 from ..profiles import get_profile
-from .setting import Setting, _base_config, prepare, student_spec_for
+from .setting import Setting, _base_config, prepare, recipe_for, run_cache_entry, student_spec_for
 from .teacher import check_teacher
 
 def run_student(method: str, dataset: str, shots: int, seed: int = 0, profile="cpu", *, teacher: str = "vgg16",
@@ -25,12 +25,11 @@ def run_student(method: str, dataset: str, shots: int, seed: int = 0, profile="c
     m = check_method(method, kind="student")
     profile = get_profile(profile)
     dataset = D.check_dataset(dataset)
-    sched = replace(profile.recipe(m.recipe_name, dataset, check_teacher(teacher, dataset)), **schedule_overrides)
+    sched = replace(recipe_for(profile, method, dataset, check_teacher(teacher, dataset)), **schedule_overrides)
     s = prepare(dataset, shots, seed, profile, teacher=teacher, data_root=data_root, output_root=output_root,
                 device=device)
     s_spec = student_spec_for(s.teacher.spec, student)
-    entry = Entry(output_root, m.cache_kind, {**_base_config(s, method), "schedule": sched, "student": s_spec},
-                  metrics=RUN_METRICS, files=m.files)
+    entry = run_cache_entry(output_root, method, _base_config(s, method), sched, s_spec)
     if entry.done:
         return entry.metrics()
     with entry.lock():

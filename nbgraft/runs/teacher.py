@@ -127,7 +127,6 @@ def _get_teacher(entry: Entry, dataset: str, profile, seed: int, data_root, outp
         if not entry.done:
             _train(model, entry, get_profile(profile), data_root, device)
         load_state(model, entry.load_tensors("model.pt", device), f"teacher checkpoint {entry.path('model.pt')}")
-        entry.load_tensors("test_pred.pt")
         return model.eval().requires_grad_(False), entry.metrics()
 
     if entry.done:  # finished (its files were written before metrics.json): read it without queueing for the lock
@@ -164,9 +163,7 @@ def _published(name: str, entry: Entry, profile, data_root, device) -> tuple[Blo
     paths = [root / info["file"] for root in teachers_root()]
     path = next((p for p in paths if p.is_file()), paths[0])
     model = R.load_published(name, path).to(device).requires_grad_(False)
-    if entry.done:
-        entry.load_tensors("test_pred.pt")
-    else:
+    if not entry.done:  # a finished entry's predictions were checked with it (Entry.verify)
         t0 = time.perf_counter()
         data = D.load_dataset(entry.config["dataset"], data_root)
         x_test, y_test = D.test_arrays(data, profile.test_limit)
@@ -176,7 +173,8 @@ def _published(name: str, entry: Entry, profile, data_root, device) -> tuple[Blo
         entry.start()
         entry.save_tensors("test_pred.pt", pred)
         entry.finish({"test_accuracy": acc, "published_test_accuracy": info["test_accuracy"], "weights": str(path),
-                      "history": [], "wall_s": time.perf_counter() - t0, "device": str(device), "machine": machine(device),
+                      "history": [], "wall_s": time.perf_counter() - t0, "device": str(device),
+                      "machine": machine(device),
                       "torch_threads": torch.get_num_threads(), "data_source": data.source, "train_images": 0})
     return model, entry.metrics()
 
