@@ -31,7 +31,6 @@ output_root = "../outputs"
 
 # %%
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import seaborn as sns
 from IPython.display import Markdown, display

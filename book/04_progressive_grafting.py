@@ -26,8 +26,8 @@
 # makes it a standalone network.
 #
 # This chapter follows accuracy along the chain for both recipes (the book's trains each step on the
-# teacher's features at every boundary the chain produces as well as on the logits; the paper's on
-# the logits alone), compares the final student with the teacher and the four baselines of
+# teacher's features where the chain hands over to the teacher, and on the logits only once the chain
+# ends in the classifier; the paper's on the logits alone), compares the final student with the teacher and the four baselines of
 # chapter 2, measures what the compression buys, and checks that folding changes no prediction.
 
 # %% tags=["parameters"]
@@ -148,6 +148,12 @@ display(Markdown("With N=" + str(n) + ", from the first block alone to the whole
     "block that so far only ever read the teacher's activations; whether the step loses accuracy depends on how "
     "much of the teacher's behaviour the loss pins down on so few images."))
 
+# %% [markdown]
+# The book's recipe's loss at each net step: a step whose chain hands over to the teacher's blocks learns the
+# teacher's features there (squared error relative to the teacher's, `nbgraft.grafting.losses.feature_loss`);
+# the step whose chain ends in the classifier learns the logits (normalised-logit MSE). The panels' scales
+# therefore differ by loss, not only by step.
+
 # %% tags=["hide-input"]
 net_losses = report.loss_frame(runs, "net_losses")
 labels = list(dict.fromkeys(net_losses["label"]))
@@ -155,7 +161,7 @@ fig, axes = plt.subplots(1, len(labels), figsize=(plots.BOOK_WIDTH_IN, 2.8), sha
 for ax, label in zip(axes[0], labels):
     sns.lineplot(data=net_losses[net_losses.label == label], x="epoch", y="loss", hue="shots", palette="viridis",
                  errorbar="sd", ax=ax, legend=ax is axes[0][-1])
-    ax.set(title=f"net step: {label}", xlabel="epoch", ylabel="grafting loss (normalised-logit MSE)", yscale="log")
+    ax.set(title=f"net step: {label}", xlabel="epoch", ylabel="net-stage loss", yscale="log")
 axes[0][-1].legend(title="N", fontsize=7, title_fontsize=7)
 fig.tight_layout()
 plots.save_figure(fig, "04_net_losses", output_root)
@@ -178,7 +184,7 @@ display(final.round(2))
 # %% tags=["hide-input"]
 fig, ax = plt.subplots(figsize=(plots.BOOK_WIDTH_IN, 3.3))
 sns.lineplot(data=df.assign(method=df["method"].map(report.METHOD_LABELS)), x="shots", y="test_accuracy", hue="method",
-             hue_order=[report.METHOD_LABELS[k] for k in report.METHODS], marker="o", errorbar="sd", err_style="bars",
+             hue_order=[report.METHOD_LABELS[k] for k in report.BOOK], marker="o", errorbar="sd", err_style="bars",
              ax=ax)
 plots.teacher_line(ax, teacher_acc)
 ax.set(xlabel="images per class, N", ylabel="test accuracy (%)", xticks=sorted(shots), ylim=(0, 100),

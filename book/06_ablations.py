@@ -45,8 +45,6 @@ data_root = "../data"
 output_root = "../outputs"
 
 # %%
-import json
-
 import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import Markdown, display

@@ -495,14 +495,17 @@ display(Markdown(
 # teacher stored from its training data, under a smoothness prior (total variation) and with random
 # jitter and flips. The images are rounded to 8 bits and handed to NetGraft **unchanged**: the same
 # recipe, schedule and seeds as the real-image runs of chapter 5, with K synthetic images per class in
-# place of N real ones. No real image enters the synthesis or the training; the real validation and
-# test images only score the result (nothing is chosen on them: the last epoch is reported).
+# place of N real ones. No real image enters the synthesis or the training, and every run reports its last
+# epoch. Two choices of this chapter were made on the real, labelled validation pool, which a truly
+# data-free user does not have: the inversion's length (`nbgraft.zeroshot.inversion`) and DFAD's generator
+# size (section 7.4, `benchmarks/dfad_sizing.py`); the test images only score.
 #
-# As far as we know, grafting on inverted images is new. The closest published methods distil a
-# student *from scratch* on synthetic inputs: DeepInversion itself (inverted images, then KD),
-# ZSKD (Nayak et al. 2019, class impressions from the classifier's weights), DAFL (Chen et al. 2019,
-# a generator trained on the teacher's activations) and DFAD (section 7.4, a generator against the
-# student). Grafting changes what the images have to carry: the student starts from the teacher's
+# Distilling on inverted images is not new: DeepInversion itself (inverted images, then KD), ZSKD (Nayak
+# et al. 2019, class impressions from the classifier's weights), DAFL (Chen et al. 2019, a generator trained
+# on the teacher's activations) and DFAD (section 7.4, a generator against the student) train a student
+# *from scratch* on synthetic inputs, and PRACTISE (Wang et al., CVPR 2023) already recovers a
+# teacher-initialised (pruned) student on DeepInversion images. What this section adds is NetGraft's
+# block-then-chain grafting on them, with the book's recipe unchanged: the student starts from the teacher's
 # blocks and only has to match the teacher where the thin blocks differ.
 #
 # A teacher without BatchNorm in its conv blocks (the paper profile's, like the official VGG16) has

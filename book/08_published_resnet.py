@@ -148,7 +148,7 @@ plots.save_table(fidelity, "08_resnet_results", output_root)
 
 # %% tags=["hide-input"]
 fig, ax = plt.subplots(figsize=(plots.BOOK_WIDTH_IN, 3.4))
-order = [m for m in report.METHODS if m in set(df.method)]
+order = [m for m in report.BOOK if m in set(df.method)]
 sns.lineplot(data=df.assign(method=df.method.map(report.METHOD_LABELS)), x="shots", y="test_accuracy", hue="method",
              hue_order=[report.METHOD_LABELS[m] for m in order], marker="o", errorbar="sd", err_style="bars", ax=ax)
 plots.teacher_line(ax, tm["test_accuracy"], label="published ResNet-56")

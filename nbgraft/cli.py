@@ -68,8 +68,9 @@ def cmd_graft(args) -> int:
     from .runs.experiments import run_method
     from .methods import BASELINE_METHODS, GRAFT_METHODS
 
-    if args.baselines and args.images != "real":
-        raise ValueError("the baselines train on real images only; drop --baselines or use --images real")
+    if args.images != "real" and (args.baselines or set(args.method) - set(GRAFT_METHODS)):
+        raise ValueError("only the NetGraft recipes train on images other than a real draw; drop --baselines and the "
+                         "other methods, or use --images real")
     methods = list(dict.fromkeys([*args.method, *(BASELINE_METHODS if args.baselines else ())]))
     rows = []
     for ds in args.dataset:
@@ -159,7 +160,7 @@ class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .methods import GRAFT_METHODS, METHODS
+    from .methods import METHODS
     from .profiles import TEACHERS
 
     fmt = _Defaults
@@ -182,8 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", nargs="+", default=["cifar10"])
     p.add_argument("--shots", nargs="+", type=_shots, default=[10], help="images per class, N")
     p.add_argument("--seeds", nargs="+", type=_seed, default=[0], help="few-shot draws")
-    p.add_argument("--method", nargs="+", default=["netgraft"], choices=GRAFT_METHODS,
-                   help="netgraft: the book's recipe; netgraft_paper: the paper's")
+    p.add_argument("--method", nargs="+", default=["netgraft"], choices=list(METHODS),
+                   help="netgraft: the book's recipe; netgraft_paper: the paper's; pruned_kd, fskd, mir: the "
+                        "field's few-shot compression methods on the same student (any method of nbgraft.methods)")
     p.add_argument("--baselines", action="store_true",
                    help="also train the four baselines (KD and labels, from random or keeping the teacher's blocks)")
     p.add_argument("--images", default="real", choices=["real", "synthetic", "noise"],
@@ -201,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="the ablations chapter's grid, resumable, into outputs/tables",
                        formatter_class=fmt)
-    p.add_argument("--grid", default="default", help="'default' (fits the profile) or 'full' (the paper's grid)")
+    p.add_argument("--grid", default="default",
+                   help="'default' (fits the profile), 'methods' (the methods table's) or 'full' (the paper's grid)")
     p.add_argument("--table", default="06_sweep", help="name of the table written under <output-root>/tables")
     p.add_argument("--executor", default="local", choices=["local", "ray"],
                    help="local: one run after another in this process; ray: each run (or batch of seeds) a Ray "

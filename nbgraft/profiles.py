@@ -8,11 +8,11 @@ the paper runs it, and four baselines.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from .data import DATASETS
 from .methods import BASELINE_METHODS
-from .schedules import BaselineSchedule, GraftSchedule, TeacherSchedule
+from .schedules import BaselineSchedule, FitSchedule, GraftSchedule, TeacherSchedule
 
 # Teachers: the profile's VGG16 trained here on either data set, or a published network (no training).
 TEACHERS = {"vgg16": DATASETS, "resnet56": ("cifar10",)}
@@ -28,7 +28,7 @@ class Profile:
     width: float  # multiplier on VGG16's channel widths
     batch_norm: bool  # BN after each conv of the teacher's conv blocks
     teacher: dict[str, TeacherSchedule]  # per data set
-    recipes: dict[str, GraftSchedule | BaselineSchedule]  # recipe_key(teacher, data set, method) -> schedule
+    recipes: dict[str, GraftSchedule | BaselineSchedule | FitSchedule]  # recipe_key(teacher, data set, method) -> schedule
     val_per_class: dict[str, int] = field(default_factory=lambda: {"cifar10": 500, "cifar100": 50})
     test_limit: int | None = None  # evaluate on the first k test images (tests only)
 
@@ -97,6 +97,12 @@ _CPU_BASELINE = {"kd": BaselineSchedule(steps=1200, lr=0.05 / 3, mixup=True),
                  "kd_inherited": BaselineSchedule(steps=1200, lr=0.05, mixup=True),
                  "scratch_inherited": BaselineSchedule(steps=1200, lr=0.05 / 3, mixup=True)}
 
+# The field's methods on the book's teacher-initialised student (nbgraft.methods: pruned_kd, mir, fskd), chosen on
+# the validation pool with the grid every method gets (`nbgraft tune`; benchmarks/README.md, "Tuning history").
+_CPU_FIELD = {"pruned_kd": BaselineSchedule(steps=2400, lr=0.005 * 9, mixup=True),
+              "mir": BaselineSchedule(steps=1200, lr=0.005 * 27, mixup=True),
+              "fskd": FitSchedule(copies=32, ridge=1e-3)}
+
 # The published ResNet-56 costs ~6x the x0.25 VGG per image: its parts are scored on the validation pool
 # only, and the paper's recipe draws its augmentations from a pool of 16 views per image.
 _RESNET_PAPER = GraftSchedule(block_epochs=(60,), block_lr=(3e-3,), block_adapter_lr=3e-2, net_epochs=(30,),
@@ -108,6 +114,11 @@ _RESNET_NETGRAFT = GraftSchedule(block_epochs=(150,), block_lr=(1e-3,), block_ad
                                  part_test_scores=False, block_images=8000)
 _RESNET_BASELINE = {m: BaselineSchedule(steps=300, views=16, lr=5e-4 if m.startswith("kd") else 5e-3)
                     for m in BASELINE_METHODS}
+# The field's methods on this teacher: not tuned on it (its CPU budget is chapter 8's); the gradient methods take the
+# ResNet baselines' KD schedule, FSKD the VGG's CIFAR-10 choice.
+_RESNET_FIELD = {"pruned_kd": BaselineSchedule(steps=300, views=16, lr=5e-4),
+                 "mir": BaselineSchedule(steps=300, views=16, lr=5e-4),
+                 "fskd": FitSchedule(copies=32, ridge=1e-3)}
 
 PROFILES: dict[str, Profile] = {
     "paper": Profile(
@@ -118,9 +129,11 @@ PROFILES: dict[str, Profile] = {
             **_recipes("vgg16", DATASETS, netgraft_paper=_PAPER_GRAFT,
                        netgraft={d: GraftSchedule(**{**asdict(s), **{k: getattr(_CPU_NETGRAFT[d], k) for k in (
                            "init", "feature_weight", "logit_weight", "mixup")}}) for d, s in _PAPER_GRAFT.items()},
-                       **{m: _PAPER_BASELINE for m in BASELINE_METHODS}),
+                       **{m: _PAPER_BASELINE for m in BASELINE_METHODS},
+                       **{m: replace(s, steps=_PAPER_BASELINE.steps) if isinstance(s, BaselineSchedule) else s
+                          for m, s in _CPU_FIELD.items()}),
             **_recipes("resnet56", ("cifar10",), netgraft_paper=_RESNET_PAPER, netgraft=_RESNET_NETGRAFT,
-                       **_RESNET_BASELINE),
+                       **_RESNET_BASELINE, **_RESNET_FIELD),
         },
     ),
     "cpu": Profile(
@@ -129,9 +142,10 @@ PROFILES: dict[str, Profile] = {
         # CIFAR-10 at 20 epochs instead of 30 (validation pool): 87.30 vs 87.84 %, 19.8 vs ~29 min here; kept at 30.
         teacher={"cifar10": TeacherSchedule(epochs=30), "cifar100": TeacherSchedule(epochs=15)},
         recipes={
-            **_recipes("vgg16", DATASETS, netgraft=_CPU_NETGRAFT, netgraft_paper=_CPU_PAPER, **_CPU_BASELINE),
+            **_recipes("vgg16", DATASETS, netgraft=_CPU_NETGRAFT, netgraft_paper=_CPU_PAPER, **_CPU_BASELINE,
+                       **_CPU_FIELD),
             **_recipes("resnet56", ("cifar10",), netgraft_paper=_RESNET_PAPER, netgraft=_RESNET_NETGRAFT,
-                       **_RESNET_BASELINE),
+                       **_RESNET_BASELINE, **_RESNET_FIELD),
         },
     ),
     # Seconds, not minutes: for tests and CI smoke runs of the notebooks. Numbers are meaningless.
@@ -145,13 +159,15 @@ PROFILES: dict[str, Profile] = {
                                               val_every=4),
                        netgraft_paper=GraftSchedule(block_epochs=(8, 6, 6), net_epochs=(4, 4), block_lr=(1e-3,),
                                                     net_lr=5e-4, val_every=4),
-                       **{m: BaselineSchedule(steps=20, mixup=True) for m in BASELINE_METHODS}),
+                       **{m: BaselineSchedule(steps=20, mixup=True) for m in (*BASELINE_METHODS, "pruned_kd", "mir")},
+                       fskd=FitSchedule(copies=2)),
             **_recipes("resnet56", ("cifar10",),
                        netgraft=GraftSchedule(block_epochs=(2,), net_epochs=(1,), init="teacher", feature_weight=1.0,
                                               logit_weight=0.0, feature_points="all", mixup=True,
                                               part_test_scores=False),
                        netgraft_paper=GraftSchedule(block_epochs=(2,), net_epochs=(1,), views=2, part_test_scores=False),
-                       **{m: BaselineSchedule(steps=4, views=2) for m in BASELINE_METHODS}),
+                       **{m: BaselineSchedule(steps=4, views=2) for m in (*BASELINE_METHODS, "pruned_kd", "mir")},
+                       fskd=FitSchedule(copies=2)),
         },
         val_per_class={"cifar10": 20, "cifar100": 2},
         test_limit=500,

@@ -112,3 +112,13 @@ class BaselineSchedule:
     augment: bool = True
     mixup: bool = False  # blend image pairs (labels: the two cross-entropies weighted alike), as the book's NetGraft
     views: int = 0  # a fixed pool of augmented views (as GraftSchedule.views); never with mixup
+
+
+@dataclass(frozen=True)
+class FitSchedule:
+    """A student recovered without gradient steps (FSKD): maps fitted by least squares on the N-shot images,
+    seen as `copies` augmented views each, with a ridge relative to the data's scale."""
+
+    copies: int = 16
+    ridge: float = 1e-3
+    augment: bool = True

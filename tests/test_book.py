@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from nbgraft import book
+from nbgraft.methods import COMPARED_WITH_FIELD as FIELD
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,10 +26,13 @@ EXPECTED = {
            ["04_chain", "04_student_vs_baselines", "04_compression", "04_fold_check"]),
     "05": (["05_results"], ["05_results"]),
     "08": (["08_resnet_results", "08_resnet_units"], ["08_resnet_results", "08_resnet_units", "08_resnet_compression"]),
-    "09": (["09_layers"], ["09_modules"]),
+    "09": (["09_methods"], ["methods", "09_methods_runs"]),
+    "10": (["10_layers"], ["10_modules"]),
 }
 TINY_PARAMETERS = {"shots": [1, 2], "seeds": [0, 1], "control_seeds": {"cifar10": [0, 1], "cifar100": [0, 1]},
-                   "random_seeds": [0, 1]}
+                   "random_seeds": [0, 1],
+                   # chapter 9 on the VGG's CIFAR-10 at N=1 only (its ResNet paths: tests/test_field_methods.py)
+                   "methods_grid": {"datasets": ["cifar10"], "shots": [1], "seeds": [0, 1], "methods": list(FIELD)}}
 
 
 def chapter_ids():
@@ -133,7 +137,7 @@ def _check_table(path: Path) -> pd.DataFrame:
     for col in df.select_dtypes("number").columns:
         # NaN is allowed where it means "nothing to report": a quoted paper number for an N the paper
         # has not, the spread of a single seed, a recipe's difference to itself or one seed's interval.
-        nan_ok = (col.startswith(("paper_", "difference", "ci95")) or col == "std" or col.endswith("_std"))
+        nan_ok = (col.startswith(("paper_", "diff", "ci95")) or col == "std" or col.endswith("_std"))
         values = df[col].dropna() if nan_ok else df[col]
         assert values.map(math.isfinite).all(), f"{path.name}: non-finite values in {col}"
         if "accuracy" in col or "agreement" in col:

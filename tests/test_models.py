@@ -21,23 +21,10 @@ from nbgraft.models import vgg as V
 from nbgraft.models.inherit import inherit
 from nbgraft.profiles import get_profile
 from nbgraft.schedules import BaselineSchedule, GraftSchedule
-from helpers import identity_map
+from helpers import identity_map, randomise_bn
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = REPO.parent / "shared" / "teachers" / "resnet56-4bfd9763.th"
-
-
-def _randomise_bn(net: nn.Module, seed: int = 0) -> nn.Module:
-    """BN statistics and affine parameters away from their defaults, so folding them is really tested."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-    return net.eval()
 
 
 def _float_tol(reference: torch.Tensor, depth: int) -> float:
@@ -49,7 +36,7 @@ def _float_tol(reference: torch.Tensor, depth: int) -> float:
 def test_resnet_grafting_its_own_units_reproduces_its_logits_and_folds_exactly():
     torch.manual_seed(0)
     spec = R.teacher_spec(20)
-    teacher = _randomise_bn(build(spec))
+    teacher = randomise_bn(build(spec))
     x = torch.randn(6, 3, 32, 32)
     first = 4  # stage 2 on
     blocks = [copy.deepcopy(teacher.blocks[i]) for i in range(first, len(teacher))]
@@ -69,7 +56,7 @@ def test_resnet_grafting_its_own_units_reproduces_its_logits_and_folds_exactly()
 def test_resnet_student_exports_as_a_plain_module_that_reloads(tmp_path):
     torch.manual_seed(1)
     t_spec = R.teacher_spec(20)
-    teacher = _randomise_bn(build(t_spec))
+    teacher = randomise_bn(build(t_spec))
     s_spec = R.student_spec(t_spec)  # the default: stage 3 thinned inside, the streams kept
     assert s_spec.widths == (16, 32, 64) and s_spec.mids == (16, 32, 28) and not s_spec.batch_norm
     parts = new_parts(teacher, s_spec, seed=0)
@@ -114,7 +101,7 @@ def test_teacher_init_with_every_channel_is_the_teacher(family):
         t_spec = R.teacher_spec(20)
         s_spec = R.student_spec(t_spec, widths=t_spec.widths)
         first = 7
-    teacher = _randomise_bn(build(t_spec))
+    teacher = randomise_bn(build(t_spec))
     x = torch.randn(16, 3, 32, 32)
     blocks = [V.build_block(s_spec, i) if family == "vgg" else R.build_unit(s_spec, i) for i in range(first, len(teacher))]
     widths = teacher.widths[first:]
@@ -134,7 +121,7 @@ def test_teacher_init_with_every_channel_is_the_teacher(family):
 def test_teacher_init_with_half_the_channels_starts_as_the_pruned_teacher_and_folds_exactly(family):
     torch.manual_seed(3)
     t_spec = V.teacher_spec(10, width=0.125, batch_norm=True) if family == "vgg" else R.teacher_spec(20)
-    teacher = _randomise_bn(build(t_spec))
+    teacher = randomise_bn(build(t_spec))
     # VGG: blocks 4 and 5 at half width; ResNet: stage 3's stream at half width (adapters around every unit).
     s_spec = V.student_spec(t_spec) if family == "vgg" else R.student_spec(t_spec, widths=(16, 32, 32))
     x = torch.randn(32, 3, 32, 32)
@@ -227,7 +214,7 @@ def test_paper_net_stage_optimiser_is_the_official_one(shots):
 def test_inherited_baselines_never_touch_the_inherited_blocks(kind):
     torch.manual_seed(4)
     t_spec = V.teacher_spec(10, width=0.125, batch_norm=True)
-    teacher = _randomise_bn(build(t_spec))
+    teacher = randomise_bn(build(t_spec))
     x, y = torch.randn(20, 3, 32, 32), torch.arange(20) % 10
     model, log = METHODS[kind].train(teacher, V.student_spec(t_spec), x, y,
                                      BaselineSchedule(steps=5, batch_size=8, views=2), seed=0)
@@ -387,7 +374,7 @@ def test_netgraft_honours_the_schedules_init_or_refuses_what_it_cannot_do():
 
     torch.manual_seed(0)
     t_spec = V.teacher_spec(10, width=0.125, batch_norm=True)
-    teacher = _randomise_bn(build(t_spec)).eval()
+    teacher = randomise_bn(build(t_spec)).eval()
     x = torch.randn(20, 3, 32, 32)
     sched = GraftSchedule(block_epochs=(0,), net_epochs=(0,), init="teacher")
     student, _, _ = netgraft(teacher, new_parts(teacher, V.student_spec(t_spec), seed=0), x, sched, shots=2)

@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from functools import partial
 
 from . import baselines
+from .fskd import train_fskd
+from .mir import train_mir
+from .pruned import train_pruned_kd
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,9 @@ class Method:
     label: how tables and figures name it.
     recipe: the profile recipe it trains with (default: its own name).
     files: the checkpoints its cache entry holds.
+    group: "book" (the NetGraft recipes and the baselines every chapter compares) or "field" (the few-shot
+        compression methods of the literature, run on the book's teacher-initialised student: the methods
+        chapter).
     """
 
     name: str
@@ -30,6 +36,7 @@ class Method:
     train: Callable | None = None
     recipe: str | None = None
     files: tuple[str, ...] = ("student.pt",)
+    group: str = "book"
 
     @property
     def cache_kind(self) -> str:
@@ -50,9 +57,18 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            partial(baselines.train_baseline, labels=False, inherited=True)),
     Method("scratch_inherited", "student", "labels, teacher's blocks kept",
            partial(baselines.train_baseline, labels=True, inherited=True)),
+    Method("pruned_kd", "student", "pruned + KD", train_pruned_kd, group="field"),
+    Method("fskd", "student", "FSKD (least squares, no SGD)", train_fskd, group="field"),
+    Method("mir", "student", "MiR (features, teacher's classifier)", train_mir, group="field"),
 )}
 GRAFT_METHODS = tuple(n for n, m in METHODS.items() if m.kind == "graft")
-BASELINE_METHODS = tuple(n for n, m in METHODS.items() if m.kind == "student")
+BASELINE_METHODS = tuple(n for n, m in METHODS.items() if m.kind == "student" and m.group == "book")
+STUDENT_METHODS = tuple(n for n, m in METHODS.items() if m.kind == "student")
+BOOK_METHODS = tuple(n for n, m in METHODS.items() if m.group == "book")  # what chapters 2-6 compare
+FIELD_METHODS = tuple(n for n, m in METHODS.items() if m.group == "field")
+# The methods table (nbgraft.runs.compare): the field's methods beside both NetGraft recipes and the strongest
+# baseline, all on the same draws.
+COMPARED_WITH_FIELD = ("netgraft", "netgraft_paper", "kd_inherited", *FIELD_METHODS)
 LABELS = {**{n: m.label for n, m in METHODS.items()}, "teacher": "teacher"}
 
 

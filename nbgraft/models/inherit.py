@@ -74,17 +74,37 @@ def choose_channels(teacher: BlockNet, first: int, student_widths: Sequence[int]
     return keep
 
 
+class LeastSquares:
+    """The channel map (weight, bias) that best rebuilds target activations from source ones, least squares
+    over images and positions, ridge-regularised; fed chunk by chunk (`add`), so a large set never sits in
+    memory as float64 rows."""
+
+    def __init__(self):
+        self.gram = self.cross = None
+
+    def add(self, source: torch.Tensor, target: torch.Tensor) -> None:
+        s = source.movedim(1, -1).reshape(-1, source.shape[1]).double()
+        t = target.movedim(1, -1).reshape(-1, target.shape[1]).double()
+        s1 = torch.cat([s, torch.ones(len(s), 1, dtype=s.dtype, device=s.device)], 1)
+        gram, cross = s1.T @ s1, s1.T @ t
+        self.gram = gram if self.gram is None else self.gram + gram
+        self.cross = cross if self.cross is None else self.cross + cross
+
+    def solve(self, ridge: float = 1e-3) -> tuple:
+        """(weight, bias); `ridge` is relative to the mean diagonal of the Gram matrix."""
+        gram = self.gram + ridge * self.gram.diagonal().mean() * torch.eye(len(self.gram), dtype=self.gram.dtype,
+                                                                            device=self.gram.device)
+        w = torch.linalg.solve(gram, self.cross)
+        return w[:-1].T, w[-1]
+
+
 def fit_exit(student_out: torch.Tensor, teacher_out: torch.Tensor, ridge: float = 1e-3) -> tuple:
     """(weight, bias) of the channel map that best rebuilds the teacher's activation from the student's
-    (least squares over images and positions, ridge-regularised): init="teacher_fit" starts the exits
-    there instead of at the embedding. On the validation pool it did not help, and at 1 shot it overfits."""
-    s = student_out.movedim(1, -1).reshape(-1, student_out.shape[1]).double()
-    t = teacher_out.movedim(1, -1).reshape(-1, teacher_out.shape[1]).double()
-    s1 = torch.cat([s, torch.ones(len(s), 1, dtype=s.dtype, device=s.device)], 1)
-    gram = s1.T @ s1
-    gram += ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=s.dtype, device=s.device)
-    w = torch.linalg.solve(gram, s1.T @ t)
-    return w[:-1].T, w[-1]
+    (LeastSquares): init="teacher_fit" starts the exits there instead of at the embedding. On the
+    validation pool it did not help, and at 1 shot it overfits."""
+    fit = LeastSquares()
+    fit.add(student_out, teacher_out)
+    return fit.solve(ridge)
 
 
 def inherit(teacher: BlockNet, first: int, blocks: Sequence[nn.Module], student_widths: Sequence[int],

@@ -270,6 +270,16 @@ def inherit_block(t_unit: nn.Module, s_unit: nn.Module, keep_in: torch.Tensor, k
         prev = keep_out
 
 
+def branch_ends(t_unit: nn.Module, s_unit: nn.Module) -> list[tuple[nn.Conv2d, nn.Module]]:
+    """(student conv, the teacher module whose output it should rebuild) for the last conv of every residual
+    block thinned inside: the student's conv2 against the teacher's bn2 (the branch before the residual sum).
+    Where FSKD fits and merges its maps in a student that keeps the streams (nbgraft.methods.fskd)."""
+    if isinstance(t_unit, (Stem, Head)):
+        return []
+    return [(sb.conv2, tb.bn2) for tb, sb in zip(t_unit, s_unit)
+            if sb.conv1.out_channels < tb.conv1.out_channels and sb.conv2.out_channels == tb.conv2.out_channels]
+
+
 # --------------------------------------------------------------------------- published weights
 PUBLISHED = {
     # Yerlan Idelbayev, akamaster/pytorch_resnet_cifar10 (BSD-2-Clause), file resnet56-4bfd9763.th.

@@ -14,6 +14,8 @@ import pandas as pd
 
 from .experiments import graft_seeds, run_method, runs_frame  # noqa: F401  (runs_frame: for the chapters)
 from ..methods import BASELINE_METHODS as BASELINES
+from ..methods import BOOK_METHODS as BOOK  # noqa: F401  (the methods chapters 2-6 and 8 compare)
+from ..methods import COMPARED_WITH_FIELD as FIELD  # noqa: F401  (the methods table's, with the field's methods)
 from ..methods import GRAFT_METHODS, METHODS
 from ..methods import LABELS as METHOD_LABELS
 RUN_KEYS = ["dataset", "shots", "seed"]

@@ -21,8 +21,9 @@ from ..data import check_dataset
 from .experiments import graft_seeds, run_student
 from ..plots import save_table
 from ..data import DATASETS
-from ..methods import BASELINE_METHODS, GRAFT_METHODS, LABELS
+from ..methods import BASELINE_METHODS, BOOK_METHODS, COMPARED_WITH_FIELD, GRAFT_METHODS, LABELS, STUDENT_METHODS
 from ..profiles import get_profile
+from .compare import paired_difference
 from .teacher import check_teacher
 from ..methods import METHODS as RECIPES
 from ..training import progress
@@ -60,7 +61,7 @@ def reference(method: str) -> str:
     return variant(method)[0]
 BASELINES = BASELINE_METHODS
 METHODS = (*RECIPES, *GRAFT_VARIANTS)
-COMPARISON = tuple(RECIPES)  # accuracy vs N: both NetGraft recipes and the four baselines
+COMPARISON = BOOK_METHODS  # accuracy vs N: both NetGraft recipes and the four baselines
 ABLATIONS = ("netgraft", "netgraft_paper", *GRAFT_VARIANTS)  # at a fixed N, next to the recipe they change
 
 # Shen et al., AAAI 2021, VGG16 teacher and student, test accuracy (%) mean and std: quoted, not ours.
@@ -132,20 +133,24 @@ class Grid:
     def runs(self) -> list[Run]:
         return list(dict.fromkeys(r for c in self.crosses for r in c.runs()))
 
-    def restrict(self, datasets: Iterable[str] | None = None, seeds: Iterable[int] | None = None) -> Grid:
-        """The same grid on only these data sets and/or seeds (None keeps all)."""
+    def restrict(self, datasets: Iterable[str] | None = None, seeds: Iterable[int] | None = None,
+                 shots: Iterable[int] | None = None) -> Grid:
+        """The same grid on only these data sets, seeds and/or shot counts (None keeps all)."""
         if isinstance(datasets, str):
             datasets = [datasets]
         keep_d = None if datasets is None else {check_dataset(d) for d in datasets}
         keep_s = None if seeds is None else set(_ints(seeds, "seeds"))
+        keep_n = None if shots is None else set(_ints(shots, "shots"))
         out = []
         for c in self.crosses:
             ds = tuple(d for d in c.datasets if keep_d is None or d in keep_d)
             ss = tuple(s for s in c.seeds if keep_s is None or s in keep_s)
-            if ds and ss:
-                out.append(Cross(ds, c.shots, ss, c.methods, c.teacher))
+            ns = tuple(n for n in c.shots if keep_n is None or n in keep_n)
+            if ds and ss and ns:
+                out.append(Cross(ds, ns, ss, c.methods, c.teacher))
         if not out:
-            raise ValueError(f"no run of the grid is left on data sets {datasets!r} and seeds {seeds!r}")
+            raise ValueError(f"no run of the grid is left on data sets {datasets!r}, seeds {seeds!r} and shots "
+                             f"{shots!r}")
         return Grid(tuple(out))
 
     @classmethod
@@ -161,9 +166,14 @@ class Grid:
 
 SEEDS = (0, 1, 2)
 PAPER_SHOTS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 20, 50)
+# The methods table (the chapter "NetGraft among few-shot compression methods"): the field's methods beside both
+# NetGraft recipes and the inherited KD baseline, three seeds each.
+FIELD = Grid((Cross("cifar10", (1, 5, 10), SEEDS, COMPARED_WITH_FIELD),
+              Cross("cifar100", (1, 10), SEEDS, COMPARED_WITH_FIELD),
+              Cross("cifar10", (1, 10), SEEDS, COMPARED_WITH_FIELD, "resnet56")))
 # The full grid, for `--profile paper` on a GPU: every N on both data sets, ablations at 1 and 10 shots.
 FULL = Grid((Cross(DATASETS, PAPER_SHOTS, SEEDS, COMPARISON), Cross(DATASETS, (1, 10), SEEDS, ABLATIONS),
-             Cross("cifar10", (1, 5, 10), SEEDS, COMPARISON, "resnet56")))
+             Cross("cifar10", (1, 5, 10), SEEDS, COMPARISON, "resnet56"), *FIELD.crosses))
 
 # What the book runs by default for each profile. cpu, sized for 2 CPU cores, is chapter 5's fidelity table
 # (every method at 1, 5 and 10 shots: the book's NetGraft with three seeds on both data sets, the paper's
@@ -189,19 +199,22 @@ DEFAULT: dict[str, Grid] = {
 
 
 def get_grid(grid: str | Grid | Mapping | Iterable[Mapping] = "default", profile="cpu") -> Grid:
-    """"default" (the profile's book grid), "full" (the paper's grid), a Grid, or its dict spec."""
+    """"default" (the profile's book grid), "full" (the paper's grid), "methods" (the methods table's), a Grid,
+    or its dict spec."""
     if isinstance(grid, Grid):
         return grid
     if isinstance(grid, str):
         if grid == "full":
             return FULL
+        if grid == "methods":
+            return FIELD
         if grid == "default":
             name = get_profile(profile).name
             if name not in DEFAULT:
                 raise ValueError(f"no default grid for profile {name!r}; pass grid='full' or a dict of "
                                  "datasets/shots/seeds/methods")
             return DEFAULT[name]
-        raise ValueError(f"unknown grid {grid!r}; use 'default', 'full', a Grid or a dict of "
+        raise ValueError(f"unknown grid {grid!r}; use 'default', 'full', 'methods', a Grid or a dict of "
                          "datasets/shots/seeds/methods")
     return Grid.from_spec(grid)
 
@@ -214,7 +227,7 @@ def run_one(run: Run, profile="cpu", *, data_root=None, output_root=None, device
     in one batched run (same results as one by one) and cached together.
     """
     kw = {"data_root": data_root, "output_root": output_root, "device": device, "teacher": run.teacher}
-    if run.method in BASELINES:
+    if run.method in STUDENT_METHODS:
         return run_student(run.method, run.dataset, run.shots, run.seed, profile, **kw)
     recipe, overrides, student = variant(run.method)
     seeds = list(dict.fromkeys((run.seed, *seeds_together)))
@@ -251,7 +264,7 @@ def work_units(runs: list[Run], batch_seeds: bool = True) -> list[list[Run]]:
     seeds of one grafting method at one (teacher, data set, N) together; every other run alone."""
     units: dict[tuple, list[Run]] = {}
     for r in runs:
-        key = (r.teacher, r.dataset, r.shots, r.method) if batch_seeds and r.method not in BASELINES else r
+        key = (r.teacher, r.dataset, r.shots, r.method) if batch_seeds and r.method not in STUDENT_METHODS else r
         units.setdefault(key, []).append(r)
     return list(units.values())
 
@@ -317,15 +330,10 @@ def graft_details(table: pd.DataFrame, output_root=None) -> pd.DataFrame:
                                        "fold_max_abs_logit_diff", "fold_same_predictions"])
 
 
-# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (beyond: the normal 1.96).
-T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-
-
 def paired_differences(table: pd.DataFrame) -> pd.DataFrame:
     """Each variant minus its recipe on the same (data set, N, seed) draws: mean difference of test accuracy
-    (points) with a 95% paired t-interval, and whether the interval excludes zero. Seeds where either one is
-    missing are left out; with one seed there is no interval (NaN)."""
+    (points) with a 95% paired t-interval, and whether the interval excludes zero (nbgraft.runs.compare).
+    Seeds where either one is missing are left out; with one seed there is no interval (NaN)."""
     rows = []
     graft = table[table["method"].isin(ABLATIONS)]
     for (ds, n, method), sub in graft.groupby(["dataset", "shots", "method"], sort=False):
@@ -333,14 +341,8 @@ def paired_differences(table: pd.DataFrame) -> pd.DataFrame:
         if method == ref:
             continue
         base = graft[(graft.dataset == ds) & (graft.shots == n) & (graft.method == ref)].set_index("seed")
-        d = (sub.set_index("seed")["test_accuracy"] - base["test_accuracy"]).dropna()
-        k = len(d)
-        mean = d.mean() if k else float("nan")
-        q = T975[k - 2] if 1 < k <= len(T975) + 1 else 1.96
-        half = q * d.std(ddof=1) / k ** 0.5 if k > 1 else float("nan")
-        rows.append({"dataset": ds, "shots": n, "method": method, "compared_with": ref, "seeds": k,
-                     "difference_mean": mean, "ci95_low": mean - half, "ci95_high": mean + half,
-                     "resolved": bool(k > 1 and (mean - half > 0 or mean + half < 0))})
+        rows.append({"dataset": ds, "shots": n, "method": method, "compared_with": ref,
+                     **paired_difference(sub.set_index("seed")["test_accuracy"], base["test_accuracy"])})
     return pd.DataFrame(rows, columns=["dataset", "shots", "method", "compared_with", "seeds", "difference_mean",
                                        "ci95_low", "ci95_high", "resolved"])
 

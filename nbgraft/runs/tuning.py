@@ -1,20 +1,24 @@
 """How each method's recipe was chosen: the same small grid for every method, scored on the validation pool.
 
-Every method (both NetGraft recipes and the four baselines) gets the same budget: its profile recipe
-with all learning rates scaled by 1/3, 1 or 3 and its length (epochs or steps) halved, kept or doubled,
-nine configurations, each run at 1 and 10 shots on the first seed. The configuration with the best mean
-validation accuracy (or the shortest within half a point of it) is the one the profile should hold:
-the x1 / x1 point when the profile is up to date. The test set is never read here. Runs are cached like
-any other, and the table is rewritten after each, so an interrupted tuning resumes.
+Every method (both NetGraft recipes, the baselines and the field's methods) gets the same grid: its profile
+recipe with all learning rates scaled by 1/3, 1 or 3 and its length (epochs or steps) halved, kept or
+doubled, nine configurations, each run at 1 and 10 shots on the first seed, grown past any edge its choice
+lies on (`extend`). The configuration with the best mean validation accuracy (or the shortest within half a
+point of it) is the one the profile should hold: the x1 / x1 point when the profile is up to date. The test
+set is never read here. Runs are cached like any other, and the table is rewritten after each, so an
+interrupted tuning resumes.
 """
 
 from __future__ import annotations
 
 from dataclasses import fields
+from itertools import product
+from pathlib import Path
 
 import pandas as pd
 
 from .experiments import run_method
+from ..cache import default_output_root
 from ..plots import save_table
 from ..methods import METHODS
 from ..profiles import get_profile
@@ -23,8 +27,9 @@ from ..training import progress
 LR_SCALES = (1 / 3, 1.0, 3.0)
 LENGTHS = (0.5, 1.0, 2.0)
 SHOTS = (1, 10)
-_LR_FIELDS = ("block_lr", "block_adapter_lr", "net_lr", "net_adapter_lr", "lr")
-_LENGTH_FIELDS = ("block_epochs", "net_epochs", "steps")
+# A method without gradient steps (FSKD) has its ridge for a learning rate and its views per image for a length.
+_LR_FIELDS = ("block_lr", "block_adapter_lr", "net_lr", "net_adapter_lr", "lr", "ridge")
+_LENGTH_FIELDS = ("block_epochs", "net_epochs", "steps", "copies")
 
 
 def _scaled(value, factor: float, whole: bool):
@@ -46,17 +51,30 @@ def _absolute(sched, over: dict) -> dict:
     get = (lambda k: over.get(k, getattr(sched, k)))
     if hasattr(sched, "steps"):
         return {"lr_value": get("lr"), "length_value": f"{get('steps')} steps"}
+    if hasattr(sched, "ridge"):
+        return {"lr_value": get("ridge"), "length_value": f"{get('copies')} views per image"}
     return {"lr_value": get("block_lr")[0],
             "length_value": f"{'/'.join(map(str, get('block_epochs')))} + {'/'.join(map(str, get('net_epochs')))} epochs"}
 
 
 def run_tuning(methods=METHODS, dataset: str = "cifar10", profile="cpu", *, teacher: str = "vgg16", seed: int = 0,
-               shots=SHOTS, data_root=None, output_root=None, device=None, table_name: str = "tuning") -> pd.DataFrame:
-    """Every method x grid point x N; returns (and writes) the table with one row per run and the choice."""
+               shots=SHOTS, extend: bool = True, data_root=None, output_root=None, device=None,
+               table_name: str = "tuning") -> pd.DataFrame:
+    """Every method x grid point x N; returns (and writes) the table with one row per run and the choice.
+
+    With `extend`, a method whose choice lies on the edge of its grid (its lowest or highest learning rate,
+    its longest length, or its shortest one above MIN_LENGTH) gets the next row or column (x1/3 or x3, x1/2 or
+    x2), until its choice is inside the grid or MAX_EXTENSIONS rounds were added. Rows of the table already
+    written for other methods, data sets or teachers are kept."""
     profile = get_profile(profile)
-    cells = [(m, lr, ln, n) for m in methods for lr in LR_SCALES for ln in LENGTHS for n in shots]
-    rows = []
-    for method, lr, length, n in progress(cells, desc="tuning", leave=True):
+    path = Path(output_root if output_root is not None else default_output_root()) / "tables" / f"{table_name}.csv"
+    kept = pd.read_csv(path) if path.is_file() else pd.DataFrame()
+    if len(kept):
+        kept = kept[~(kept["method"].isin(methods) & (kept["dataset"] == dataset) & (kept["teacher"] == teacher))]
+        kept = kept[[c for c in kept.columns if c not in ("val_accuracy_mean_over_n", "chosen")]]
+    rows: list[dict] = []
+
+    def run(method, lr, length, n):
         sched = profile.recipe(method, dataset, teacher)
         over = overrides(sched, lr, length)
         m = run_method(method, dataset, n, seed, profile, teacher=teacher, data_root=data_root,
@@ -64,8 +82,45 @@ def run_tuning(methods=METHODS, dataset: str = "cifar10", profile="cpu", *, teac
         rows.append({"method": method, "teacher": teacher, "dataset": dataset, "shots": n, "seed": seed,
                      "lr_scale": round(lr, 4), "length": length, **_absolute(sched, over),
                      "val_accuracy": m["val_accuracy"], "wall_s": m["wall_s"]})
-        save_table(pd.DataFrame(rows), table_name, output_root)
-    return choices(pd.DataFrame(rows))
+        save_table(pd.concat([kept, pd.DataFrame(rows)], ignore_index=True), table_name, output_root)
+
+    bar = progress(desc="tuning", leave=True)
+    for method in methods:
+        lrs, lengths, done = list(LR_SCALES), list(LENGTHS), set()
+        for _ in range(MAX_EXTENSIONS + 1):
+            for lr, length, n in product(lrs, lengths, shots):
+                if (lr, length, n) not in done:
+                    run(method, lr, length, n)
+                    done.add((lr, length, n))
+                    bar.update()
+            if not extend or not _extend(lrs, lengths, choices(pd.DataFrame(rows)), method):
+                break
+    bar.close()
+    return choices(pd.concat([kept, pd.DataFrame(rows)], ignore_index=True))
+
+
+MAX_EXTENSIONS = 3  # rounds of grid growth per method
+MIN_LENGTH = 0.25  # the grid never asks for less than a quarter of the recipe's length
+
+
+def _extend(lrs: list, lengths: list, table: pd.DataFrame, method: str) -> bool:
+    """Grow the grid (in place) past the edge its choice lies on; whether it grew."""
+    win = table[(table.method == method) & table.chosen].iloc[0]
+    lr = min(lrs, key=lambda v: abs(round(v, 4) - win.lr_scale))
+    grew = False
+    if lr == lrs[0]:
+        lrs.insert(0, lr / 3)
+        grew = True
+    elif lr == lrs[-1]:
+        lrs.append(lr * 3)
+        grew = True
+    if win.length == lengths[-1]:
+        lengths.append(lengths[-1] * 2)
+        grew = True
+    elif win.length == lengths[0] and lengths[0] / 2 >= MIN_LENGTH:
+        lengths.insert(0, lengths[0] / 2)
+        grew = True
+    return grew
 
 
 TIE_POINTS = 0.5  # within this many points of the best, the shortest configuration wins (less than the
@@ -73,18 +128,36 @@ TIE_POINTS = 0.5  # within this many points of the best, the shortest configurat
 
 
 def choices(table: pd.DataFrame) -> pd.DataFrame:
-    """The table with, per method, the mean validation accuracy over N of each grid point and which won:
-    the best mean, or the shortest configuration within TIE_POINTS of it (then the best among those)."""
-    mean = (table.groupby(["method", "lr_scale", "length"])["val_accuracy"].mean().rename("val_accuracy_mean_over_n")
-            .reset_index())
-    top = mean.groupby("method")["val_accuracy_mean_over_n"].transform("max")
+    """The table with, per (teacher, data set, method), the mean validation accuracy over N of each grid point
+    and which won: the best mean, or the shortest configuration within TIE_POINTS of it (then the best among
+    those)."""
+    who = [c for c in ("teacher", "dataset") if c in table.columns] + ["method"]
+    point = [*who, "lr_scale", "length"]
+    table = table.drop(columns=[c for c in ("val_accuracy_mean_over_n", "chosen") if c in table.columns])
+    mean = table.groupby(point)["val_accuracy"].mean().rename("val_accuracy_mean_over_n").reset_index()
+    top = mean.groupby(who)["val_accuracy_mean_over_n"].transform("max")
     near = mean[mean["val_accuracy_mean_over_n"] >= top - TIE_POINTS]
-    shortest = near[near["length"] == near.groupby("method")["length"].transform("min")]
-    best = shortest.loc[shortest.groupby("method")["val_accuracy_mean_over_n"].idxmax(), ["method", "lr_scale", "length"]]
+    shortest = near[near["length"] == near.groupby(who)["length"].transform("min")]
+    best = shortest.loc[shortest.groupby(who)["val_accuracy_mean_over_n"].idxmax(), point]
     best["chosen"] = True
-    out = table.merge(mean, on=["method", "lr_scale", "length"]).merge(best, on=["method", "lr_scale", "length"],
-                                                                       how="left")
+    out = table.merge(mean, on=point).merge(best, on=point, how="left")
     out["chosen"] = out["chosen"].fillna(False).astype(bool)
     order = {m: k for k, m in enumerate(METHODS)}
-    return out.sort_values(["method", "lr_scale", "length", "shots"], key=lambda c: c.map(order) if c.name == "method"
+    return out.sort_values([*who, "lr_scale", "length", "shots"], key=lambda c: c.map(order) if c.name == "method"
                            else c).reset_index(drop=True)
+
+
+def on_edge(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per (teacher, data set, method) of a `choices` table: its choice and the edges of its grid that
+    choice lies on ("lowest rate", "highest rate", "longest", "shortest": a better point may lie beyond)."""
+    who = [c for c in ("teacher", "dataset") if c in table.columns] + ["method"]
+    rows = []
+    for key, g in table.groupby(who, sort=False):
+        win = g[g.chosen].iloc[0]
+        edges = [name for name, hit in (
+            ("lowest rate", win.lr_scale == g.lr_scale.min()), ("highest rate", win.lr_scale == g.lr_scale.max()),
+            ("longest", win.length == g.length.max()),
+            ("shortest", win.length == g.length.min() and g.length.min() / 2 >= MIN_LENGTH)) if hit]
+        rows.append({**dict(zip(who, key if isinstance(key, tuple) else (key,))), "lr_scale": win.lr_scale,
+                     "length": win.length, "edges": ", ".join(edges)})
+    return pd.DataFrame(rows)

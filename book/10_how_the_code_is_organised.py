@@ -33,7 +33,9 @@
 # **Adding a method.** Write a module in `nbgraft/methods/` with a `train(teacher, student_spec, x, y, schedule,
 # seed)` function returning the trained student (eval mode) and a log (with `first_trained_block`), add one
 # `Method` entry to `nbgraft.methods.METHODS`, and give it a recipe in `nbgraft/profiles.py`. The command line's
-# choices, the reports' labels, the sweeps and the cache read the table. **Adding a model family.** A module in
+# choices, the reports' labels, the sweeps, the tuning grid and the cache read the table. The field's methods of
+# chapter 9 came that way: `fskd.py`, `mir.py` and `pruned.py` (`pruned_kd`), each a few dozen lines over the
+# shared student loop of `baselines.py` and the engine's parts. **Adding a model family.** A module in
 # `nbgraft/models/` with the names of the `ModelFamily` protocol (`SPEC`, `build`, `student_spec`,
 # `student_blocks`, `stream_groups`, `inherit_block`), listed in `nbgraft.models.FAMILIES`; a network of your own
 # needs none of it: wrap it in a `BlockNet` (README, "Bring your own teacher"). **Adding a chapter.** A paired
@@ -87,7 +89,7 @@ for path in sorted(package.rglob("*.py")):
     rows.append({"module": name, "layer": layer_of(name.removeprefix("nbgraft.")),
                  "lines": len(path.read_text().splitlines()), "what": doc.split("\n")[0]})
 modules = pd.DataFrame(rows)
-plots.save_table(modules, "09_modules", output_root)
+plots.save_table(modules, "10_modules", output_root)
 
 # Module-level imports between layers (the ones inside functions are lazy and left out).
 edges = Counter()
@@ -113,7 +115,7 @@ for layer, y in ypos.items():
             ha="center", va="center", fontsize=7.5, zorder=2, bbox={"boxstyle": "round", "fc": "white", "ec": "0.6"})
 ax.set(ylim=(-0.6, len(LAYERS) - 0.4), xlim=(0, 1), title="nbgraft's layers; arrows: module-level imports (width: count)")
 ax.axis("off")
-plots.save_figure(fig, "09_layers", output_root)
+plots.save_figure(fig, "10_layers", output_root)
 plt.show()
 print(f"{len(modules)} modules, {modules.lines.sum():,} lines; imports between layers: "
       + ", ".join(f"{a} -> {b} {n}" for (a, b), n in sorted(edges.items(), key=lambda e: -e[1])[:8]) + ", ...")
