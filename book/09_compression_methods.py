@@ -73,6 +73,7 @@ if datasets is not None or seeds is not None or shots is not None:
     the_grid = the_grid.restrict(datasets=datasets, seeds=seeds, shots=shots)
 kw = dict(data_root=data_root, output_root=output_root, device=device)
 runs = S.run_sweep(the_grid, prof, table_name="09_methods_runs", **kw)
+plots.save_table(runs.drop(columns="overrides"), "09_methods_runs", output_root)  # no variant here: no overrides
 table = C.methods_table(runs.rename(columns={"teacher": "teacher_name"}), order=report.FIELD)
 plots.save_table(table, "methods", output_root)
 # the pruned student as it starts, before any recovery: what each method adds is measured from here

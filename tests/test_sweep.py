@@ -172,7 +172,10 @@ def test_summaries(swept):
 def test_grids():
     full = S.get_grid("full")
     recipes = len(S.COMPARISON)
-    assert len(full.runs()) == 2 * 12 * 3 * recipes + 2 * 2 * 3 * (len(S.ABLATIONS) - 2) + 3 * 3 * recipes
+    field_only = len(S.FIELD.runs()) - len([r for r in S.FIELD.runs() if r.method in S.COMPARISON])
+    assert len(full.runs()) == (2 * 12 * 3 * recipes + 2 * 2 * 3 * (len(S.ABLATIONS) - 2) + 3 * 3 * recipes
+                                + field_only)
+    assert field_only == 3 * (3 + 2 + 2) * 3  # pruned_kd, fskd, mir at the methods table's seven (teacher, data, N)
     for profile in ("cpu", "paper", "tiny"):
         runs = S.get_grid("default", profile).runs()
         assert len(runs) == len(set(runs)) > 0
