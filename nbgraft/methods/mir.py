@@ -10,11 +10,10 @@ import copy
 import torch
 from torch import nn
 
-from ..grafting.parts import GraftParts, export_student
+from ..grafting.parts import GraftParts, export_student, new_parts
 from ..models import BlockNet
 from ..schedules import BaselineSchedule
 from .baselines import fit_student
-from .pruned import pruned_student
 
 
 def mir_student(teacher: BlockNet, parts: GraftParts) -> BlockNet:
@@ -36,7 +35,7 @@ def mir_student(teacher: BlockNet, parts: GraftParts) -> BlockNet:
 def train_mir(teacher: BlockNet, student_spec, x: torch.Tensor, y: torch.Tensor, sched: BaselineSchedule,
               seed: int = 0) -> tuple[BlockNet, dict]:
     """The pruned student's body trained on the teacher's penultimate features, behind the teacher's classifier."""
-    _, parts = pruned_student(teacher, student_spec, x, seed)
+    parts = new_parts(teacher, student_spec, seed, init="teacher", x=x)  # the start pruned_student exports
     model = mir_student(teacher, parts)
     for block in model.blocks[: parts.first]:
         block.requires_grad_(False)
