@@ -29,6 +29,7 @@ shots = [1, 5, 10]
 seeds = [0, 1, 2]  # the book's NetGraft
 control_seeds = {"cifar10": [0, 1, 2], "cifar100": [0]}  # the paper's recipe, the students keeping teacher blocks
 random_seeds = [0]  # the students trained from random weights (the slowest, and the furthest from the teacher)
+margin = 0.5  # the smallest difference (points) a verdict calls one: nbgraft.runs.compare.MARGIN, its reason there
 tune = False  # True: rerun the validation-pool grid of every method here (about an hour on 2 cores)
 device = "auto"
 data_root = "../data"
@@ -57,6 +58,7 @@ import seaborn as sns
 from IPython.display import Markdown, display
 
 from nbgraft import plots
+from nbgraft.runs import compare as C
 from nbgraft.runs import report
 from nbgraft.runs.experiments import check_parameters
 from nbgraft.profiles import PROFILES, get_profile
@@ -124,21 +126,40 @@ plt.show()
 
 # %% [markdown]
 # ## Does the student reach its teacher?
+#
+# Each answer is a paired difference over the draws (the teacher is the same on every draw; a method is
+# compared with NetGraft on the same images) with its 95 % interval, and a verdict at the book's smallest
+# effect of interest (`margin`, 0.5 points, nbgraft.runs.compare.MARGIN): **better** or **worse** when the
+# interval excludes zero and the mean difference exceeds the margin, **equivalent** when the whole interval
+# lies within ± the margin, **not settled** otherwise (one seed settles nothing). The verdicts are
+# `tables/05_comparisons.csv`.
 
 # %% tags=["hide-input"]
+versus = C.comparisons(C.with_teacher(df), [("netgraft", "teacher"), ("netgraft", "netgraft_paper"),
+                                            *(("netgraft", b) for b in report.BASELINES)], margin)
+plots.save_table(versus, "05_comparisons", output_root)
 acc = fidelity.set_index(["dataset", "method", "shots"])
 lines = []
-for ds in datasets:
-    for n in sorted(shots):
-        book, paper = acc.loc[(ds, "netgraft", n)], acc.loc[(ds, "netgraft_paper", n)]
-        best_base = max(report.BASELINES, key=lambda m: acc.loc[(ds, m, n)].accuracy_mean)
-        lines.append(
-            f"- {ds}, N={n}: book's recipe **{report.pm(book.accuracy_mean, book.accuracy_std)}%**, "
-            f"{teacher_acc[ds] - book.accuracy_mean:.2f} points under the teacher ({teacher_acc[ds]:.2f}%); paper's "
-            f"recipe {report.pm(paper.accuracy_mean, paper.accuracy_std)}% ({teacher_acc[ds] - paper.accuracy_mean:.2f} "
-            f"under); best baseline {report.METHOD_LABELS[best_base]} {acc.loc[(ds, best_base, n)].accuracy_mean:.2f}%.")
+for (ds, n), sub in versus.groupby(["dataset", "shots"], sort=False):
+    book, v = acc.loc[(ds, "netgraft", n)], sub.set_index("compared_with")
+    to_teacher = v.loc["teacher"]
+    others = [C.sentence(r, report.METHOD_LABELS[r.compared_with]) for r in sub.itertuples()
+              if r.compared_with != "teacher"]
+    lines.append(
+        f"- {ds}, N={n}: book's recipe **{report.pm(book.accuracy_mean, book.accuracy_std)}%** against the "
+        f"teacher's {teacher_acc[ds]:.2f}%: " + C.sentence(to_teacher, "NetGraft minus the teacher")
+        + ("; within the margin of its teacher" if to_teacher.verdict == "equivalent" else "")
+        + ". NetGraft minus " + "; ".join(others) + ".")
 lines += report.untrained_controls(fidelity)  # a control that did not train is no control
-display(Markdown("\n".join(lines)))
+reach = versus[versus.compared_with == "teacher"]
+display(Markdown("\n".join(lines) + "\n\n" + (
+    "**The student reaches its teacher within the margin** at " + ", ".join(
+        f"{r.dataset} N={r.shots}" for r in reach.itertuples() if r.verdict == "equivalent")
+    if (reach.verdict == "equivalent").any() else
+    f"**Nowhere does the book's student come within ± {margin:g} points of its teacher with a resolved interval**")
+    + "; it stays below by more than the margin at " + (", ".join(
+        f"{r.dataset} N={r.shots} ({-r.difference_mean:.2f})" for r in reach.itertuples() if r.verdict == "worse")
+        or "no setting") + "."))
 
 # %% [markdown]
 # ## How far our setting is from the paper's

@@ -204,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="the ablations chapter's grid, resumable, into outputs/tables",
                        formatter_class=fmt)
     p.add_argument("--grid", default="default",
-                   help="'default' (fits the profile), 'methods' (the methods table's) or 'full' (the paper's grid)")
+                   help="'default' (fits the profile), 'methods' (the methods table's), 'robustness' (CIFAR-10's "
+                        "comparisons on a second teacher) or 'full' (the paper's grid)")
     p.add_argument("--table", default="06_sweep", help="name of the table written under <output-root>/tables")
     p.add_argument("--executor", default="local", choices=["local", "ray"],
                    help="local: one run after another in this process; ray: each run (or batch of seeds) a Ray "

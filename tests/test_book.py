@@ -24,7 +24,8 @@ EXPECTED = {
     "03": (["03_block_losses", "03_block_accuracy", "03_first_block"], ["03_blocks"]),
     "04": (["04_chain_accuracy", "04_net_losses", "04_student_vs_baselines"],
            ["04_chain", "04_student_vs_baselines", "04_compression", "04_fold_check"]),
-    "05": (["05_results"], ["05_results"]),
+    "05": (["05_results"], ["05_results", "05_comparisons"]),
+    "06": (["06_accuracy_vs_shots", "06_ablations"], ["06_sweep", "06_ablations", "06_comparisons", "robustness"]),
     "08": (["08_resnet_results", "08_resnet_units"], ["08_resnet_results", "08_resnet_units", "08_resnet_compression"]),
     "09": (["09_methods"], ["methods", "09_methods_runs"]),
     "10": (["10_layers"], ["10_modules"]),
@@ -32,7 +33,11 @@ EXPECTED = {
 TINY_PARAMETERS = {"shots": [1, 2], "seeds": [0, 1], "control_seeds": {"cifar10": [0, 1], "cifar100": [0, 1]},
                    "random_seeds": [0, 1],
                    # chapter 9 on the VGG's CIFAR-10 at N=1 only (its ResNet paths: tests/test_field_methods.py)
-                   "methods_grid": {"datasets": ["cifar10"], "shots": [1], "seeds": [0, 1], "methods": list(FIELD)}}
+                   "methods_grid": {"datasets": ["cifar10"], "shots": [1], "seeds": [0, 1], "methods": list(FIELD)},
+                   # chapter 6's second teacher on a grid of its own size (chapter 9 reads its verdicts back)
+                   "second_teacher": True,
+                   "robustness_grid": [{"datasets": "cifar10", "shots": [1], "seeds": [0, 1], "teacher_seed": t,
+                                        "methods": ["netgraft", "all_at_once", "pruned_kd"]} for t in (0, 1)]}
 
 
 def chapter_ids():
@@ -192,6 +197,22 @@ def test_reported_numbers_are_consistent(tiny_book):
     assert set(fid.teacher) == {"vgg16", "resnet56"}
     vgg = fid[fid.teacher == "vgg16"]
     assert len(vgg) == len(vgg.drop_duplicates(["dataset", "method", "shots"])) == 2 * 6 * 2
+    # Verdicts (issue 32): every comparison carries one; the second teacher's table has exactly the issue's columns.
+    from nbgraft.runs.compare import VERDICTS
+
+    comparisons = _check_table(t / "05_comparisons.csv")
+    assert {"netgraft - teacher", "netgraft - netgraft_paper"} <= set(comparisons.comparison)
+    assert set(comparisons.verdict) <= set(VERDICTS) and set(_check_table(t / "06_ablations.csv").verdict.dropna()) \
+        <= set(VERDICTS)
+    robust = _check_table(t / "robustness.csv")
+    assert list(robust.columns) == ["comparison", "shots", "teacher_seed", "difference_mean", "ci95_low", "ci95_high",
+                                    "verdict"]
+    assert set(robust.teacher_seed) == {0, 1} and set(robust.comparison) == {"all_at_once - netgraft",
+                                                                              "pruned_kd - netgraft"}
+    assert set(robust.verdict) <= set(VERDICTS)
+    (nb9,) = (out / "notebooks").glob("09_*.ipynb")
+    shown = json.dumps([c.get("outputs", []) for c in nbformat.read(nb9, as_version=4).cells])
+    assert "the same on a second teacher" in shown or "a second teacher says" in shown  # chapter 9 read them back
     timings = json.loads((out / "notebooks" / "timings.json").read_text())
     assert set(timings) >= {p.stem for p in book.find_chapters()}
 

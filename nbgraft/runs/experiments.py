@@ -30,11 +30,12 @@ def run_method(method: str, dataset: str, shots: int, seed: int = 0, profile="cp
 
 
 def cached_runs(method: str, output_root=None, *, profile=None, dataset: str | None = None,
-                teacher: str = "vgg16", source: str = "real") -> list[dict]:
+                teacher: str = "vgg16", source: str = "real", teacher_seed: int = 0) -> list[dict]:
     """Metrics of every finished run of `method` in the cache (its N images from `source`).
 
-    With `profile` and `dataset`: only that teacher's and data set's runs on the profile's own recipe
-    (no ablation overrides, default student), so an old or a variant run never mixes into a curve.
+    With `profile` and `dataset`: only that teacher's (its training `teacher_seed`) and data set's runs on the
+    profile's own recipe (no ablation overrides, default student), so an old or a variant run never mixes into a
+    curve.
     """
     meth = check_method(method)
     kind = meth.cache_kind
@@ -58,7 +59,8 @@ def cached_runs(method: str, output_root=None, *, profile=None, dataset: str | N
     own = json.loads(json.dumps(_plain(recipe_for(profile, method, dataset, teacher, source))))
     student = json.loads(json.dumps(_plain(student_spec_for(teacher_spec_for(dataset, profile, teacher)))))
     return [m for m in runs if m.get("dataset") == dataset and m.get("profile") == profile.name
-            and m.get("teacher_name", "vgg16") == teacher and m.get("schedule") == own
+            and m.get("teacher_name", "vgg16") == teacher and m.get("teacher_seed", 0) == teacher_seed
+            and m.get("schedule") == own
             and m.get("student_spec") == student]
 
 

@@ -24,7 +24,7 @@ from .teacher import check_teacher, teacher_spec_for
 
 def graft_seeds(dataset: str, shots: int, seeds, profile="cpu", *, method: str = "netgraft", teacher: str = "vgg16",
                 student: dict | None = None, data_root=None, output_root=None, device=None, stack: str = "auto",
-                source: str = "real", **schedule_overrides) -> list[dict]:
+                source: str = "real", teacher_seed: int = 0, **schedule_overrides) -> list[dict]:
     """NetGraft (`method` = its recipe: "netgraft", the book's, or "netgraft_paper") for several seeds,
     trained together; returns each seed's metrics, in order. `student`: options of the family's student
     (e.g. {"widths": ...}; None: the family's default student).
@@ -32,7 +32,7 @@ def graft_seeds(dataset: str, shots: int, seeds, profile="cpu", *, method: str =
     Seeds already in the cache are read back; the others are trained in one run and each stored in the
     entry a run of that seed alone would use. `stack` picks how the students run ("auto", "loop" or
     "vmap", see nbgraft.grafting.stacks); it does not change the results. `source`: real images, or images made
-    from the teacher alone (see `prepare` and nbgraft.inversion)."""
+    from the teacher alone (see `prepare` and nbgraft.inversion); `teacher_seed`, which training of the teacher."""
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be a non-empty list of distinct integers, got {seeds}")
@@ -42,7 +42,8 @@ def graft_seeds(dataset: str, shots: int, seeds, profile="cpu", *, method: str =
     sched = replace(recipe_for(profile, method, dataset, check_teacher(teacher, dataset), source), **schedule_overrides)
     s_spec = student_spec_for(teacher_spec_for(dataset, profile, teacher), student)
     kw = {"teacher": teacher, "data_root": data_root, "output_root": output_root, "device": device}
-    settings = [prepare(dataset, shots, seed, profile, source=source, **kw) for seed in seeds]
+    settings = [prepare(dataset, shots, seed, profile, source=source, teacher_seed=teacher_seed, **kw)
+                for seed in seeds]
     entries = [run_cache_entry(output_root, method, _base_config(s, method), sched, s_spec) for s in settings]
     todo = [k for k, e in enumerate(entries) if not e.done]
     if todo:
@@ -66,14 +67,14 @@ def run_netgraft(dataset: str, shots: int, seed: int = 0, profile="cpu", **kw) -
 
 def untrained_student(dataset: str, shots: int, seed: int = 0, profile="cpu", *, method: str = "netgraft",
                       teacher: str = "vgg16", source: str = "real", data_root=None, output_root=None,
-                      device=None) -> dict:
+                      device=None, teacher_seed: int = 0) -> dict:
     """Scores of the student as `method`'s recipe starts it, before any grafting step (cached): what the
     grafting steps add is measured from here. A student started from the teacher keeps the channels most
     active on the N images (of `source`), so its starting point depends on them too."""
     profile = get_profile(profile)
     sched = profile.recipe(method, D.check_dataset(dataset), check_teacher(teacher, dataset))
     s = prepare(dataset, shots, seed, profile, teacher=teacher, data_root=data_root, output_root=output_root,
-                device=device, source=source)
+                device=device, source=source, teacher_seed=teacher_seed)
     s_spec = student_spec_for(s.teacher.spec)
     entry = Entry(output_root, "untrained", {**_base_config(s, method), "init": sched.init, "student": s_spec})
     if entry.done:

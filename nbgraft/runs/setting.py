@@ -52,6 +52,7 @@ class Setting:
     image_source: str = "real"  # what the N images per class are: see nbgraft.inversion.SOURCES
     image_key: str | None = None  # the synthetic pool's cache key
     teacher_stamp: tuple = ()  # which stored teacher this is (see nbgraft.teacher.teacher_stamp): keys the per-process memos
+    teacher_seed: int = 0  # which training of the teacher's recipe (a trained teacher only; 0: the book's)
 
     def boundaries(self, split: str, first: int) -> SharedBoundaries:
         """The teacher's val or test activations from block `first` on (computed once per process)."""
@@ -87,20 +88,24 @@ _EVAL_TENSORS = Memo(2)
 
 
 def prepare(dataset: str, shots: int, seed: int = 0, profile="cpu", *, teacher: str = "vgg16", data_root=None,
-            output_root=None, device=None, source: str = "real") -> Setting:
+            output_root=None, device=None, source: str = "real", teacher_seed: int = 0) -> Setting:
     """The teacher and tensors of one run. `source`: the N images per class are the seed's real draw
-    ("real"), the teacher's own synthetic images ("synthetic", no real image in training) or pixel noise."""
+    ("real"), the teacher's own synthetic images ("synthetic", no real image in training) or pixel noise.
+    `teacher_seed`: which training of a trained teacher's recipe (0, the book's; another checks a claim on a
+    second teacher)."""
     device = pick_device(device)
     check_source(source)
+    check_teacher_seed(teacher_seed, teacher, source)
     profile = get_profile(profile)
     dataset = D.check_dataset(dataset)
     check_teacher(teacher, dataset)
     data = D.load_dataset(dataset, data_root)
     split = D.make_split(data, profile.val_per_class[dataset], shots, seed)  # validates N before training
-    net, tm = get_teacher(dataset, profile, data_root=data_root, output_root=output_root, device=device,
-                          teacher=teacher)
+    net, tm = get_teacher(dataset, profile, seed=teacher_seed, data_root=data_root, output_root=output_root,
+                          device=device, teacher=teacher)
     norm = {"mean": net.spec.mean, "std": net.spec.std}
-    t_entry = teacher_entry(dataset, profile, teacher=teacher, data_root=data_root, output_root=output_root)
+    t_entry = teacher_entry(dataset, profile, seed=teacher_seed, teacher=teacher, data_root=data_root,
+                            output_root=output_root)
     t_key, stamp = t_entry.key, teacher_stamp(t_entry)
     ev_key = (stamp, str(device), profile.test_limit, profile.val_per_class[dataset])
 
@@ -110,8 +115,8 @@ def prepare(dataset: str, shots: int, seed: int = 0, profile="cpu", *, teacher: 
         x_val = D.to_tensor(data.x_train[val], dataset, device, **norm)
         return (x_val, torch.from_numpy(data.y_train[val]).to(device),
                 D.to_tensor(x_test, dataset, device, **norm), torch.from_numpy(y_test).to(device),
-                teacher_test_predictions(dataset, profile, data_root=data_root, output_root=output_root,
-                                         teacher=teacher).to(device),
+                teacher_test_predictions(dataset, profile, seed=teacher_seed, data_root=data_root,
+                                         output_root=output_root, teacher=teacher).to(device),
                 predict(net, x_val).argmax(1))
 
     x_val, y_val, x_test, y_test, t_test_pred, t_val_pred = _EVAL_TENSORS.get(ev_key, eval_tensors)
@@ -124,7 +129,20 @@ def prepare(dataset: str, shots: int, seed: int = 0, profile="cpu", *, teacher: 
         x, y = noise_images(net.num_classes, shots, seed)
     return Setting(dataset, shots, seed, profile, teacher, net, tm, t_key,
                    D.to_tensor(x, dataset, device, **norm), torch.from_numpy(y).to(device),
-                   x_val, y_val, x_test, y_test, t_test_pred, t_val_pred, data.source, source, image_key, stamp)
+                   x_val, y_val, x_test, y_test, t_test_pred, t_val_pred, data.source, source, image_key, stamp,
+                   teacher_seed)
+
+
+def check_teacher_seed(teacher_seed: int, teacher: str = "vgg16", source: str = "real") -> int:
+    """`teacher_seed`, if it names a teacher nbgraft can train again: only the VGG16 is trained here (a published
+    teacher is one file), and only real draws take another (synthetic images are made from the book's teacher)."""
+    D.check_seed(teacher_seed, "teacher_seed: ")
+    if teacher_seed and teacher != "vgg16":
+        raise ValueError(f"the {teacher} teacher is a published file, trained once: teacher_seed must be 0, "
+                         f"got {teacher_seed}")
+    if teacher_seed and source != "real":
+        raise ValueError("runs on synthetic or noise images use the book's teacher: teacher_seed must be 0")
+    return teacher_seed
 
 
 def _balanced_prefix(y: np.ndarray, pool: np.ndarray, size: int) -> np.ndarray:
@@ -135,12 +153,14 @@ def _balanced_prefix(y: np.ndarray, pool: np.ndarray, size: int) -> np.ndarray:
 
 
 def base_config(method: str, dataset: str, shots: int, seed: int, profile, teacher_name: str, teacher_key: str,
-                image_source: str = "real", image_key: str | None = None) -> dict:
+                image_source: str = "real", image_key: str | None = None, teacher_seed: int = 0) -> dict:
     """What every run's cache key holds besides its schedule and student: the method, the draw, the teacher."""
     cfg = {"method": method, "dataset": dataset, "shots": shots, "seed": seed, "teacher": teacher_key,
            "test_limit": get_profile(profile).test_limit, "val_report_size": VAL_REPORT_SIZE}
     if teacher_name != "vgg16":
         cfg["teacher_name"] = teacher_name
+    if teacher_seed:  # the book's teacher keeps the keys its runs had before teacher seeds existed
+        cfg["teacher_seed"] = teacher_seed
     if image_source != "real":  # real runs keep the keys they had before sources existed
         cfg.update(image_source=image_source, image_key=image_key)
     return cfg
@@ -148,7 +168,7 @@ def base_config(method: str, dataset: str, shots: int, seed: int, profile, teach
 
 def _base_config(s: Setting, method: str) -> dict:
     return base_config(method, s.dataset, s.shots, s.seed, s.profile, s.teacher_name, s.teacher_key, s.image_source,
-                       s.image_key)
+                       s.image_key, s.teacher_seed)
 
 
 def recipe_for(profile, method: str, dataset: str, teacher: str = "vgg16", source: str = "real"):
@@ -179,18 +199,20 @@ def student_spec_for(t_spec, student: dict | None = None):
 
 def run_entry(method: str, dataset: str, shots: int, seed: int = 0, profile="cpu", *, teacher: str = "vgg16",
               student: dict | None = None, data_root=None, output_root=None, source: str = "real",
-              **schedule_overrides) -> Entry:
+              teacher_seed: int = 0, **schedule_overrides) -> Entry:
     """The cache entry a run of `method` uses, found without training or loading a network (only the data's
     hash is read): how a table's `cache_key` is checked against the code."""
     profile, dataset = get_profile(profile), D.check_dataset(dataset)
     check_teacher(teacher, dataset)
-    t_key = teacher_entry(dataset, profile, teacher=teacher, data_root=data_root, output_root=output_root).key
+    check_teacher_seed(teacher_seed, teacher, source)
+    t_key = teacher_entry(dataset, profile, seed=teacher_seed, teacher=teacher, data_root=data_root,
+                          output_root=output_root).key
     image_key = None
     if check_source(source) == "synthetic":
         image_key = synthetic_entry(dataset, seed, profile, t_key, output_root).key
     t_spec = teacher_spec_for(dataset, profile, teacher)
     return run_cache_entry(output_root, method, base_config(method, dataset, shots, seed, profile, teacher, t_key,
-                                                            source, image_key),
+                                                            source, image_key, teacher_seed),
                            replace(recipe_for(profile, method, dataset, teacher, source), **schedule_overrides),
                            student_spec_for(t_spec, student))
 

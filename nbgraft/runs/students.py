@@ -18,7 +18,7 @@ from .setting import Setting, _base_config, prepare, recipe_for, run_cache_entry
 from .teacher import check_teacher
 
 def run_student(method: str, dataset: str, shots: int, seed: int = 0, profile="cpu", *, teacher: str = "vgg16",
-                student: dict | None = None, data_root=None, output_root=None, device=None,
+                student: dict | None = None, data_root=None, output_root=None, device=None, teacher_seed: int = 0,
                 **schedule_overrides) -> dict:
     """A student method of the table (kind "student": the baselines, nbgraft.methods) on one N-shot draw;
     cached under the method's name. Returns the metrics."""
@@ -27,7 +27,7 @@ def run_student(method: str, dataset: str, shots: int, seed: int = 0, profile="c
     dataset = D.check_dataset(dataset)
     sched = replace(recipe_for(profile, method, dataset, check_teacher(teacher, dataset)), **schedule_overrides)
     s = prepare(dataset, shots, seed, profile, teacher=teacher, data_root=data_root, output_root=output_root,
-                device=device)
+                device=device, teacher_seed=teacher_seed)
     s_spec = student_spec_for(s.teacher.spec, student)
     entry = run_cache_entry(output_root, method, _base_config(s, method), sched, s_spec)
     if entry.done:

@@ -17,16 +17,16 @@ from pathlib import Path
 import pandas as pd
 
 from ..cache import default_output_root
-from ..data import check_dataset
-from .experiments import graft_seeds, run_student
-from ..plots import save_table
-from ..data import DATASETS
+from ..data import DATASETS, check_dataset
 from ..methods import BASELINE_METHODS, BOOK_METHODS, COMPARED_WITH_FIELD, GRAFT_METHODS, LABELS, STUDENT_METHODS
-from ..profiles import get_profile
-from .compare import paired_difference
-from .teacher import check_teacher
 from ..methods import METHODS as RECIPES
+from ..plots import save_table
+from ..profiles import get_profile
 from ..training import progress
+from .compare import MARGIN, comparisons
+from .experiments import graft_seeds, run_entry, run_student
+from .setting import check_teacher_seed
+from .teacher import check_teacher
 
 # NetGraft with one piece removed or swapped: overrides of a recipe's schedule ("netgraft", the book's,
 # unless `recipe` says otherwise) and optionally other student options. Each is compared with its recipe.
@@ -81,10 +81,12 @@ class Run:
     seed: int
     method: str
     teacher: str = "vgg16"
+    teacher_seed: int = 0  # which training of the teacher's recipe (0: the book's teacher)
 
     @property
     def label(self) -> str:
-        return f"{self.teacher} {self.dataset} N={self.shots} seed={self.seed} {self.method}"
+        t = f"{self.teacher}" + (f" (teacher seed {self.teacher_seed})" if self.teacher_seed else "")
+        return f"{t} {self.dataset} N={self.shots} seed={self.seed} {self.method}"
 
 
 def _ints(values, what: str) -> tuple[int, ...]:
@@ -103,6 +105,7 @@ class Cross:
     seeds: tuple[int, ...]
     methods: tuple[str, ...] = COMPARISON
     teacher: str = "vgg16"
+    teacher_seed: int = 0
 
     def __post_init__(self):
         as_tuple = (lambda v: (v,) if isinstance(v, str) else tuple(v))
@@ -118,10 +121,11 @@ class Cross:
                              f"choose from {', '.join(METHODS)}")
         for d in self.datasets:
             check_teacher(self.teacher, d)
+        check_teacher_seed(self.teacher_seed, self.teacher)
 
     def runs(self) -> list[Run]:
         cells = itertools.product(self.datasets, self.shots, self.seeds, self.methods)
-        return [Run(d, n, s, m, self.teacher) for d, n, s, m in cells]
+        return [Run(d, n, s, m, self.teacher, self.teacher_seed) for d, n, s, m in cells]
 
 
 @dataclass(frozen=True)
@@ -147,7 +151,7 @@ class Grid:
             ss = tuple(s for s in c.seeds if keep_s is None or s in keep_s)
             ns = tuple(n for n in c.shots if keep_n is None or n in keep_n)
             if ds and ss and ns:
-                out.append(Cross(ds, ns, ss, c.methods, c.teacher))
+                out.append(Cross(ds, ns, ss, c.methods, c.teacher, c.teacher_seed))
         if not out:
             raise ValueError(f"no run of the grid is left on data sets {datasets!r}, seeds {seeds!r} and shots "
                              f"{shots!r}")
@@ -161,7 +165,7 @@ class Grid:
             return cls(tuple(Cross(**s) for s in specs))
         except TypeError as err:
             raise ValueError("a grid is given as dicts with keys datasets, shots, seeds, methods (and optionally "
-                             f"teacher) ({err})") from None
+                             f"teacher, teacher_seed) ({err})") from None
 
 
 SEEDS = (0, 1, 2)
@@ -171,6 +175,16 @@ PAPER_SHOTS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 20, 50)
 FIELD = Grid((Cross("cifar10", (1, 5, 10), SEEDS, COMPARED_WITH_FIELD),
               Cross("cifar100", (1, 10), SEEDS, COMPARED_WITH_FIELD),
               Cross("cifar10", (1, 10), SEEDS, COMPARED_WITH_FIELD, "resnet56")))
+
+
+def robustness_grid(teacher_seeds=(0, 1)) -> Grid:
+    """Claims checked on other trainings of the same teacher recipe (teacher seeds): CIFAR-10's ablations at N = 1
+    and 10 and the methods table's CIFAR-10 rows, three draws each, on each teacher."""
+    return Grid(tuple(Cross("cifar10", shots, SEEDS, methods, teacher_seed=t) for t in teacher_seeds
+                      for shots, methods in (((1, 10), ABLATIONS), ((1, 5, 10), COMPARED_WITH_FIELD))))
+
+
+ROBUSTNESS = robustness_grid()
 # The full grid, for `--profile paper` on a GPU: every N on both data sets, ablations at 1 and 10 shots.
 FULL = Grid((Cross(DATASETS, PAPER_SHOTS, SEEDS, COMPARISON), Cross(DATASETS, (1, 10), SEEDS, ABLATIONS),
              Cross("cifar10", (1, 5, 10), SEEDS, COMPARISON, "resnet56"), *FIELD.crosses))
@@ -199,8 +213,8 @@ DEFAULT: dict[str, Grid] = {
 
 
 def get_grid(grid: str | Grid | Mapping | Iterable[Mapping] = "default", profile="cpu") -> Grid:
-    """"default" (the profile's book grid), "full" (the paper's grid), "methods" (the methods table's), a Grid,
-    or its dict spec."""
+    """"default" (the profile's book grid), "full" (the paper's grid), "methods" (the methods table's),
+    "robustness" (claims on a second teacher), a Grid, or its dict spec."""
     if isinstance(grid, Grid):
         return grid
     if isinstance(grid, str):
@@ -208,15 +222,34 @@ def get_grid(grid: str | Grid | Mapping | Iterable[Mapping] = "default", profile
             return FULL
         if grid == "methods":
             return FIELD
+        if grid == "robustness":
+            return ROBUSTNESS
         if grid == "default":
             name = get_profile(profile).name
             if name not in DEFAULT:
                 raise ValueError(f"no default grid for profile {name!r}; pass grid='full' or a dict of "
                                  "datasets/shots/seeds/methods")
             return DEFAULT[name]
-        raise ValueError(f"unknown grid {grid!r}; use 'default', 'full', 'methods', a Grid or a dict of "
-                         "datasets/shots/seeds/methods")
+        raise ValueError(f"unknown grid {grid!r}; use 'default', 'full', 'methods', 'robustness', a Grid or a dict "
+                         "of datasets/shots/seeds/methods")
     return Grid.from_spec(grid)
+
+
+def is_cached(grid: str | Grid | Mapping | Iterable[Mapping], profile="cpu", *, data_root=None,
+              output_root=None) -> bool:
+    """Whether every run of `grid` is finished in the cache (found without training or loading a network): a
+    chapter can then read an optional grid back for free."""
+    for run in get_grid(grid, profile).runs():
+        kw = {"teacher": run.teacher, "teacher_seed": run.teacher_seed, "data_root": data_root,
+              "output_root": output_root}
+        if run.method in STUDENT_METHODS:
+            entry = run_entry(run.method, run.dataset, run.shots, run.seed, profile, **kw)
+        else:
+            recipe, overrides, student = variant(run.method)
+            entry = run_entry(recipe, run.dataset, run.shots, run.seed, profile, student=student, **kw, **overrides)
+        if not entry.done:
+            return False
+    return True
 
 
 def run_one(run: Run, profile="cpu", *, data_root=None, output_root=None, device=None,
@@ -226,7 +259,8 @@ def run_one(run: Run, profile="cpu", *, data_root=None, output_root=None, device
     With `seeds_together` (grafting methods only), the unfinished ones among those seeds are trained
     in one batched run (same results as one by one) and cached together.
     """
-    kw = {"data_root": data_root, "output_root": output_root, "device": device, "teacher": run.teacher}
+    kw = {"data_root": data_root, "output_root": output_root, "device": device, "teacher": run.teacher,
+          "teacher_seed": run.teacher_seed}
     if run.method in STUDENT_METHODS:
         return run_student(run.method, run.dataset, run.shots, run.seed, profile, **kw)
     recipe, overrides, student = variant(run.method)
@@ -234,7 +268,7 @@ def run_one(run: Run, profile="cpu", *, data_root=None, output_root=None, device
     return graft_seeds(run.dataset, run.shots, seeds, profile, method=recipe, student=student, **kw, **overrides)[0]
 
 
-KEY_COLUMNS = ["teacher", "dataset", "shots", "seed", "method", "profile", "overrides"]
+KEY_COLUMNS = ["teacher", "teacher_seed", "dataset", "shots", "seed", "method", "profile", "overrides"]
 RESULT_COLUMNS = ["test_accuracy", "test_agreement", "val_accuracy", "teacher_test_accuracy", "wall_s", "device",
                   "cache_key", "schedule"]
 
@@ -246,8 +280,8 @@ def _json(value) -> str:
 def result_row(run: Run, metrics: dict, profile) -> dict:
     """One tidy row: the run, what differs from its recipe, the results, the whole schedule (JSON)."""
     overrides = dict(GRAFT_VARIANTS.get(run.method, {}))
-    row = {"teacher": run.teacher, "dataset": run.dataset, "shots": run.shots, "seed": run.seed, "method": run.method,
-           "profile": get_profile(profile).name,
+    row = {"teacher": run.teacher, "teacher_seed": run.teacher_seed, "dataset": run.dataset, "shots": run.shots,
+           "seed": run.seed, "method": run.method, "profile": get_profile(profile).name,
            "overrides": " ".join(f"{k}={_json(list(v) if isinstance(v, tuple) else v)}" for k, v in overrides.items())}
     row.update({c: metrics.get(c) for c in RESULT_COLUMNS})
     row["schedule"] = _json(metrics["schedule"])
@@ -264,7 +298,8 @@ def work_units(runs: list[Run], batch_seeds: bool = True) -> list[list[Run]]:
     seeds of one grafting method at one (teacher, data set, N) together; every other run alone."""
     units: dict[tuple, list[Run]] = {}
     for r in runs:
-        key = (r.teacher, r.dataset, r.shots, r.method) if batch_seeds and r.method not in STUDENT_METHODS else r
+        batched = batch_seeds and r.method not in STUDENT_METHODS
+        key = (r.teacher, r.teacher_seed, r.dataset, r.shots, r.method) if batched else r
         units.setdefault(key, []).append(r)
     return list(units.values())
 
@@ -330,26 +365,55 @@ def graft_details(table: pd.DataFrame, output_root=None) -> pd.DataFrame:
                                        "fold_max_abs_logit_diff", "fold_same_predictions"])
 
 
-def paired_differences(table: pd.DataFrame) -> pd.DataFrame:
+def paired_differences(table: pd.DataFrame, margin: float = MARGIN) -> pd.DataFrame:
     """Each variant minus its recipe on the same (data set, N, seed) draws: mean difference of test accuracy
-    (points) with a 95% paired t-interval, and whether the interval excludes zero (nbgraft.runs.compare).
-    Seeds where either one is missing are left out; with one seed there is no interval (NaN)."""
-    rows = []
+    (points) with a 95% paired t-interval, whether the interval excludes zero, and the verdict at `margin`
+    (nbgraft.runs.compare). Seeds where either one is missing are left out; with one seed there is no interval."""
     graft = table[table["method"].isin(ABLATIONS)]
-    for (ds, n, method), sub in graft.groupby(["dataset", "shots", "method"], sort=False):
-        ref = reference(method)
-        if method == ref:
-            continue
-        base = graft[(graft.dataset == ds) & (graft.shots == n) & (graft.method == ref)].set_index("seed")
-        rows.append({"dataset": ds, "shots": n, "method": method, "compared_with": ref,
-                     **paired_difference(sub.set_index("seed")["test_accuracy"], base["test_accuracy"])})
-    return pd.DataFrame(rows, columns=["dataset", "shots", "method", "compared_with", "seeds", "difference_mean",
-                                       "ci95_low", "ci95_high", "resolved"])
+    pairs = [(m, reference(m)) for m in dict.fromkeys(graft.method) if m != reference(m)]
+    out = comparisons(graft, pairs, margin, by=("dataset", "shots"))
+    out["resolved"] = (out.ci95_low > 0) | (out.ci95_high < 0)
+    return out[["dataset", "shots", "method", "compared_with", "seeds", "difference_mean", "ci95_low", "ci95_high",
+                "resolved", "verdict"]]
 
 
-def ablation_summary(table: pd.DataFrame, details: pd.DataFrame) -> pd.DataFrame:
+ROBUSTNESS_COLUMNS = ["comparison", "shots", "teacher_seed", "difference_mean", "ci95_low", "ci95_high", "verdict"]
+
+
+def robustness_table(table: pd.DataFrame, margin: float = MARGIN) -> pd.DataFrame:
+    """The paired comparisons of the robustness grid on CIFAR-10's VGG16, per N and teacher seed: each ablation
+    against its recipe, each method of the methods table against `netgraft` (columns ROBUSTNESS_COLUMNS)."""
+    runs = table[(table.dataset == "cifar10") & (table.teacher == "vgg16")]
+    pairs = [*((m, reference(m)) for m in ABLATIONS if m != reference(m)),
+             *((m, "netgraft") for m in COMPARED_WITH_FIELD if m != "netgraft")]
+    out = comparisons(runs, list(dict.fromkeys(pairs)), margin, by=("teacher_seed", "shots"))
+    return out.sort_values(["comparison", "shots", "teacher_seed"], kind="stable")[ROBUSTNESS_COLUMNS].reset_index(
+        drop=True)
+
+
+def robustness(profile="cpu", margin: float = MARGIN, *, grid="robustness", run: bool = False, data_root=None,
+               output_root=None, device=None) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """(runs, robustness_table) of the robustness grid (or another with teacher seeds): trained first when `run`,
+    else only read back when every run is in the cache already; None when not run and not all cached."""
+    if not run and not is_cached(grid, profile, data_root=data_root, output_root=output_root):
+        return None
+    runs = run_sweep(grid, profile, data_root=data_root, output_root=output_root, device=device,
+                     table_name="robustness_runs")
+    return runs, robustness_table(runs, margin)
+
+
+def held_verdicts(robust: pd.DataFrame) -> pd.DataFrame:
+    """Per (comparison, N), the verdict on each teacher seed side by side and whether it is the same on all."""
+    wide = robust.pivot_table(index=["comparison", "shots"], columns="teacher_seed", values="verdict", aggfunc="first")
+    wide.columns = [f"teacher_seed_{t}" for t in wide.columns]
+    wide["holds"] = wide.nunique(axis=1).eq(1) & wide.notna().all(axis=1)
+    return wide.reset_index()
+
+
+def ablation_summary(table: pd.DataFrame, details: pd.DataFrame, margin: float = MARGIN) -> pd.DataFrame:
     """Every grafting variant at each (data set, N) where an ablation ran, in ABLATIONS order, with mean ± std
-    over seeds, the paired difference to its recipe (see paired_differences) and the folding check.
+    over seeds, the paired difference to its recipe and its verdict at `margin` (see paired_differences) and the
+    folding check.
 
     Only the seeds the variants ran on count for the recipes too: a variant is compared on the same draws."""
     graft = table[table["method"].isin(ABLATIONS)]
@@ -360,7 +424,8 @@ def ablation_summary(table: pd.DataFrame, details: pd.DataFrame) -> pd.DataFrame
             .agg(fold_max_abs_logit_diff=("fold_max_abs_logit_diff", "max"),
                  fold_same_predictions=("fold_same_predictions", "all")).reset_index())
     out = out.merge(fold, on=["dataset", "method", "shots"], how="left")
-    out = out.merge(paired_differences(table).drop(columns="seeds"), on=["dataset", "shots", "method"], how="left")
+    out = out.merge(paired_differences(table, margin).drop(columns="seeds"), on=["dataset", "shots", "method"],
+                    how="left")
     out["order"] = out["method"].map(ABLATIONS.index)
     return out.sort_values(["dataset", "shots", "order"]).drop(columns="order").reset_index(drop=True)
 
@@ -378,3 +443,16 @@ def versus_paper(table: pd.DataFrame) -> pd.DataFrame:
                          "paper_mean": mean, "paper_std": std, "paper_source": "quoted: Shen et al. AAAI 2021, VGG16"})
     return pd.DataFrame(rows, columns=["dataset", "shots", "seeds", "ours_mean", "ours_std", "our_teacher",
                                        "ours_below_teacher", "paper_mean", "paper_std", "paper_source"])
+
+
+def second_teacher_note(held: pd.DataFrame | None, comparison: str, shots: int) -> str:
+    """What the other teachers of a `held_verdicts` table say of one verdict, for the book's sentence about it:
+    nothing when they did not run it, a short note when they agree, the other verdicts in bold when not."""
+    row = None if held is None else held[(held.comparison == comparison) & (held.shots == shots)]
+    if row is None or row.empty:
+        return ""
+    r = row.iloc[0]
+    if r["holds"]:
+        return " (the same on a second teacher)"
+    others = [str(r[c]) for c in held.columns if c.startswith("teacher_seed_") and c != "teacher_seed_0"]
+    return f" (**a second teacher says {', '.join(others)}**)"
