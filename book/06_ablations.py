@@ -32,8 +32,8 @@
 #    excludes zero and the mean difference exceeds the margin, **equivalent** when the whole interval
 #    lies within ± the margin, **not settled** otherwise. Three draws of one teacher measure the spread
 #    over draws, not over teachers: a 0.1-point difference resolved here can turn around on a teacher
-#    trained on another machine, which the margin keeps out of the book's sentences (chapter 9 checks
-#    the verdicts on a second teacher). The adapters are folded into the student at the end; that must
+#    trained on another machine, which the margin keeps out of the book's sentences (a section below
+#    checks the verdicts on a second teacher). The adapters are folded into the student at the end; that must
 #    change nothing, and we check it on every run.
 #
 # The grid is defined in `nbgraft.sweep` (one per profile, plus `"full"`). The same sweep runs from the
@@ -80,8 +80,6 @@ wanted = second_teacher if second_teacher is not None else pick_device(device).t
 robust = (S.robustness(prof, margin, grid=robustness_grid, run=bool(wanted), data_root=data_root,
                        output_root=output_root, device=device) if "cifar10" in set(table.dataset) else None)
 held = None if robust is None else S.held_verdicts(robust[1])
-
-
 minutes = table.groupby("method")["wall_s"].sum() / 60
 display(Markdown(
     f"Profile **{prof.name}**, grid **{grid}**: {len(table)} runs on {', '.join(sorted(table.dataset.unique()))} "
