@@ -38,6 +38,10 @@ seeds = [0, 1, 2]
 paper_seeds = [0]  # the paper's recipe (random init) costs as much as the book's: one seed by default
 baselines = ["kd_inherited", "scratch_inherited"]  # from-random students of this size: see the text
 baseline_seeds = [0]
+speed = None  # the faster students: True runs them, False skips, None runs on a GPU and reads back when cached
+speed_students = None  # names of nbgraft.runs.speed.STUDENTS (None: all of them)
+speed_shots = [1, 10]
+speed_seeds = [0, 1, 2]
 device = "auto"
 data_root = "../data"
 output_root = "../outputs"
@@ -249,6 +253,74 @@ display(Markdown(
        "This student keeps the teacher's widths at every unit boundary (only inner widths of residual blocks "
        "change), so grafting needs no adapters and there is nothing to fold: the exported student is the "
        "grafted network as trained.")))
+
+# %% [markdown]
+# ## Students that are faster
+#
+# The student above saves parameters but barely any time: a CIFAR ResNet spends about the same number of
+# multiply-accumulates in each of its 27 residual blocks, whatever the stage, and thinning the inside of stage 3's
+# nine leaves every other block as it was. What a user of compression wants is speed, and a residual network keeps
+# working when a whole block is removed (PRACTISE, Wang et al., CVPR 2023, compresses this way from few images).
+# So the ResNet family's student can also **drop blocks**: `student={"unit_blocks": [2, 2, 2]}` keeps two of the
+# three residual blocks of every unit, started from the teacher's; which one goes is chosen on the few-shot images
+# alone (the block without which the unit's output on them moves least, `nbgraft.models.resnet.kept_blocks`; the
+# first block of a stage, which changes its shape, always stays). Beside it: the width-only student above, a
+# student thinned inside every stage, and a mix of dropping and thinning. Each is grafted by the same recipe (not
+# tuned on it), and timed on this machine's CPU against the teacher (medians of repeated timings, the two in
+# alternation; `nbgraft.runs.speed`). Every student that drops or thins before stage 3 is grafted unit by unit
+# from the stem on, so it costs about three times a width-only run: on two CPU cores the section runs when asked
+# (`speed=True`), and otherwise reads its runs back when every one is cached (`speed=None`, which runs it on a
+# GPU).
+
+# %%
+from nbgraft.runs import speed as SP  # noqa: E402
+
+chosen = {name: SP.STUDENTS[name] for name in (speed_students or SP.STUDENTS)}
+speed_grid = {"students": chosen, "shots": speed_shots, "seeds": speed_seeds}
+run_speed = speed if speed is not None else (setting.x.device.type == "cuda"
+                                             or SP.speed_cached(chosen, speed_shots, speed_seeds, prof, **kw))
+if run_speed:
+    speed_runs = SP.speed_runs(chosen, speed_shots, speed_seeds, prof, **kw)
+    speed_df = SP.speed_table(speed_runs, teacher, output_root)
+    plots.save_table(speed_df, "speed", output_root)
+    shown = speed_df.assign(accuracy=[report.pm(m, s) for m, s in zip(speed_df.accuracy_mean, speed_df.accuracy_std)])
+    display(shown[["student", "shots", "seeds", "accuracy", "params_ratio", "macs_ratio", "cpu_speedup_b1",
+                   "cpu_speedup_b128"]].round(3).style.hide(axis="index"))
+else:
+    speed_df = None
+    display(Markdown("Not run here (`speed=None` on a CPU with some of its runs missing): pass `speed=True`, or run "
+                     "it on a GPU."))
+
+# %% tags=["hide-input"]
+if speed_df is not None:
+    n_front = max(speed_shots)
+    front = speed_df[speed_df.shots == n_front]
+    fig, ax = plt.subplots(figsize=(plots.BOOK_WIDTH_IN, 3.4))
+    ax.errorbar(front.cpu_speedup_b128, front.accuracy_mean, yerr=front.accuracy_std.fillna(0), fmt="o", capsize=3)
+    for r in front.itertuples():
+        ax.annotate(r.student, (r.cpu_speedup_b128, r.accuracy_mean), fontsize=7, xytext=(4, 4),
+                    textcoords="offset points")
+    ax.scatter([1.0], [tm["test_accuracy"]], marker="*", s=80, color="black", zorder=3)
+    ax.annotate("teacher", (1.0, tm["test_accuracy"]), fontsize=7, xytext=(4, -10), textcoords="offset points")
+    ax.set(xlabel="measured CPU speed-up over the teacher, batch of 128 (x)", ylabel="test accuracy (%)",
+           title=f"ResNet-56 students at N={n_front}: accuracy against speed")
+    fig.tight_layout()
+    plots.save_figure(fig, "08_speed_frontier", output_root)
+    plt.show()
+    lines = []
+    for r in front.sort_values("cpu_speedup_b128").itertuples():
+        at = speed_df[(speed_df.student == r.student)].set_index("shots").accuracy_mean
+        lines.append(f"- **{r.student}**: {r.cpu_speedup_b128:.2f}x at batch 128 ({r.cpu_speedup_b1:.2f}x for one "
+                     f"image), {100 * (1 - r.params_ratio):.0f}% fewer parameters, {100 * (1 - r.macs_ratio):.0f}% "
+                     "fewer multiply-accumulates; " + ", ".join(f"{at[n]:.2f}% at N={n}" for n in sorted(at.index))
+                     + f" (teacher {tm['test_accuracy']:.2f}%).")
+    fast = front[front.cpu_speedup_b128 >= 1.4]
+    best = fast.loc[fast.accuracy_mean.idxmax()] if len(fast) else None
+    lines.append("" if best is None else
+                 f"\nThe most accurate student at least 1.4x faster at batch 128 is **{best.student}**: "
+                 f"{best.accuracy_mean:.2f}% at N={n_front}, {tm['test_accuracy'] - best.accuracy_mean:.2f} points "
+                 "under the teacher.")
+    display(Markdown("\n".join(lines)))
 
 # %% [markdown]
 # ## Bring your own teacher

@@ -53,13 +53,28 @@ def _kw(args) -> dict:
     return {"data_root": args.data_root, "output_root": args.output_root, "device": args.device}
 
 
-def cmd_teacher(args) -> int:
-    from .runs.teacher import get_teacher
+def _teacher(args) -> str:
+    """--teacher, or the checkpoint --teacher-weights names (loaded and checked against --arch first)."""
+    if args.teacher_weights is None:
+        if args.arch is not None:
+            raise ValueError("--arch goes with --teacher-weights PATH (a checkpoint of your own)")
+        return args.teacher
+    if args.arch is None:
+        raise ValueError("--teacher-weights needs --arch resnetD, the depth 6n + 2 the file holds (it is checked "
+                         "against the file), e.g. --arch resnet20")
+    from .runs.teacher import load_teacher
 
+    return load_teacher(args.teacher_weights, args.arch, args.md5).checkpoint
+
+
+def cmd_teacher(args) -> int:
+    from .runs.teacher import get_teacher, teacher_label
+
+    teacher = _teacher(args)
     for ds in args.dataset:
-        _, m = get_teacher(ds, args.profile, teacher=args.teacher, **_kw(args))
+        _, m = get_teacher(ds, args.profile, teacher=teacher, **_kw(args))
         how = f"trained in {m['wall_s'] / 60:.1f} min" if m["train_images"] else "published weights"
-        print(f"{args.teacher} teacher on {ds} ({args.profile}): test accuracy {m['test_accuracy']:.2f}%, "
+        print(f"{teacher_label(teacher)} teacher on {ds} ({args.profile}): test accuracy {m['test_accuracy']:.2f}%, "
               f"{how} on {m['device']}")
     return 0
 
@@ -72,6 +87,9 @@ def cmd_graft(args) -> int:
         raise ValueError("only the NetGraft recipes train on images other than a real draw; drop --baselines and the "
                          "other methods, or use --images real")
     methods = list(dict.fromkeys([*args.method, *(BASELINE_METHODS if args.baselines else ())]))
+    from .runs.teacher import teacher_label
+
+    teacher = _teacher(args)
     rows = []
     for ds in args.dataset:
         for n in args.shots:
@@ -79,10 +97,10 @@ def cmd_graft(args) -> int:
                 for method in methods:
                     asked = time.time()
                     src = {"source": args.images} if method in GRAFT_METHODS else {}
-                    m = run_method(method, ds, n, seed, args.profile, teacher=args.teacher, **src, **_kw(args))
+                    m = run_method(method, ds, n, seed, args.profile, teacher=teacher, **src, **_kw(args))
                     rows.append(m)
                     fresh = m.get("finished_at", 0) >= asked  # finished by this call, or read back
-                    print(f"{args.teacher} {ds} N={n} seed={seed} {method:17s} test {m['test_accuracy']:6.2f}%  "
+                    print(f"{teacher_label(teacher)} {ds} N={n} seed={seed} {method:17s} test {m['test_accuracy']:6.2f}%  "
                           f"agreement {m['test_agreement']:6.2f}%  trained in {m['wall_s']:.0f}s  "
                           f"({'now' if fresh else 'from the cache'}: {m.get('cache_key', '')})")
     from .cache import default_output_root
@@ -135,7 +153,7 @@ def cmd_tune(args) -> int:
     from .cache import default_output_root
     from .runs.tuning import run_tuning
 
-    table = run_tuning(args.methods, args.dataset, args.profile, teacher=args.teacher, **_kw(args))
+    table = run_tuning(args.methods, args.dataset, args.profile, teacher=_teacher(args), **_kw(args))
     chosen = table[table.chosen].drop_duplicates("method")
     for r in chosen.itertuples():
         print(f"{r.method:17s} best on the validation pool: learning rates x{r.lr_scale:g}, length x{r.length:g} "
@@ -171,6 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     def teacher_option(p):
         p.add_argument("--teacher", default="vgg16", choices=sorted(TEACHERS),
                        help="vgg16: the profile's VGG16, trained here; resnet56: the published CIFAR-10 ResNet-56")
+        p.add_argument("--teacher-weights", metavar="PATH", default=None,
+                       help="instead of --teacher: a CIFAR ResNet checkpoint of your own (the published format: "
+                            "layerS.B.conv1.weight ..., with or without module.), grafted with the ResNet family's "
+                            "recipes; needs --arch (default: none)")
+        p.add_argument("--arch", default=None,
+                       help="with --teacher-weights: resnetD, the depth 6n + 2 the file holds, checked against it "
+                            "(default: none)")
+        p.add_argument("--md5", default=None, help="with --teacher-weights: the file's checksum, if known, checked "
+                                                   "(default: none)")
 
     p = sub.add_parser("teacher", help="train (or load from the cache) the teacher", formatter_class=fmt)
     p.add_argument("--dataset", nargs="+", default=["cifar10"], help="cifar10 and/or cifar100")

@@ -18,8 +18,14 @@ from .schedules import BaselineSchedule, FitSchedule, GraftSchedule, TeacherSche
 TEACHERS = {"vgg16": DATASETS, "resnet56": ("cifar10",)}
 
 
+def recipe_family(teacher: str) -> str:
+    """Recipes are kept per teacher family: the VGG16 trained here, or any CIFAR ResNet (the published ResNet-56,
+    or a checkpoint of any depth a user brings, given by its path): a new depth gets the family's recipe."""
+    return "vgg16" if teacher == "vgg16" else "resnet"
+
+
 def recipe_key(teacher: str, dataset: str, method: str) -> str:
-    return f"{teacher}/{dataset}/{method}"
+    return f"{recipe_family(teacher)}/{dataset}/{method}"
 
 
 @dataclass(frozen=True)
@@ -35,8 +41,9 @@ class Profile:
     def recipe(self, method: str, dataset: str, teacher: str = "vgg16"):
         key = recipe_key(teacher, dataset, method)
         if key not in self.recipes:
-            have = sorted(k for k in self.recipes if k.startswith(f"{teacher}/{dataset}/"))
-            raise ValueError(f"profile {self.name!r} has no {method!r} recipe for the {teacher} teacher on {dataset}"
+            have = sorted(k for k in self.recipes if k.startswith(f"{recipe_family(teacher)}/{dataset}/"))
+            raise ValueError(f"profile {self.name!r} has no {method!r} recipe for the {recipe_family(teacher)} "
+                             f"family's teachers on {dataset}"
                              + (f"; it has {', '.join(have)}" if have else ""))
         return self.recipes[key]
 
@@ -132,7 +139,7 @@ PROFILES: dict[str, Profile] = {
                        **{m: _PAPER_BASELINE for m in BASELINE_METHODS},
                        **{m: replace(s, steps=_PAPER_BASELINE.steps) if isinstance(s, BaselineSchedule) else s
                           for m, s in _CPU_FIELD.items()}),
-            **_recipes("resnet56", ("cifar10",), netgraft_paper=_RESNET_PAPER, netgraft=_RESNET_NETGRAFT,
+            **_recipes("resnet", DATASETS, netgraft_paper=_RESNET_PAPER, netgraft=_RESNET_NETGRAFT,
                        **_RESNET_BASELINE, **_RESNET_FIELD),
         },
     ),
@@ -144,7 +151,7 @@ PROFILES: dict[str, Profile] = {
         recipes={
             **_recipes("vgg16", DATASETS, netgraft=_CPU_NETGRAFT, netgraft_paper=_CPU_PAPER, **_CPU_BASELINE,
                        **_CPU_FIELD),
-            **_recipes("resnet56", ("cifar10",), netgraft_paper=_RESNET_PAPER, netgraft=_RESNET_NETGRAFT,
+            **_recipes("resnet", DATASETS, netgraft_paper=_RESNET_PAPER, netgraft=_RESNET_NETGRAFT,
                        **_RESNET_BASELINE, **_RESNET_FIELD),
         },
     ),
@@ -161,7 +168,7 @@ PROFILES: dict[str, Profile] = {
                                                     net_lr=5e-4, val_every=4),
                        **{m: BaselineSchedule(steps=20, mixup=True) for m in (*BASELINE_METHODS, "pruned_kd", "mir")},
                        fskd=FitSchedule(copies=2)),
-            **_recipes("resnet56", ("cifar10",),
+            **_recipes("resnet", DATASETS,
                        netgraft=GraftSchedule(block_epochs=(2,), net_epochs=(1,), init="teacher", feature_weight=1.0,
                                               logit_weight=0.0, feature_points="all", mixup=True,
                                               part_test_scores=False),

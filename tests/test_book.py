@@ -26,7 +26,8 @@ EXPECTED = {
            ["04_chain", "04_student_vs_baselines", "04_compression", "04_fold_check"]),
     "05": (["05_results"], ["05_results", "05_comparisons"]),
     "06": (["06_accuracy_vs_shots", "06_ablations"], ["06_sweep", "06_ablations", "06_comparisons", "robustness"]),
-    "08": (["08_resnet_results", "08_resnet_units"], ["08_resnet_results", "08_resnet_units", "08_resnet_compression"]),
+    "08": (["08_resnet_results", "08_resnet_units", "08_speed_frontier"],
+           ["08_resnet_results", "08_resnet_units", "08_resnet_compression", "speed"]),
     "09": (["09_methods"], ["methods", "09_methods_runs"]),
     "10": (["10_layers"], ["10_modules"]),
 }
@@ -37,7 +38,10 @@ TINY_PARAMETERS = {"shots": [1, 2], "seeds": [0, 1], "control_seeds": {"cifar10"
                    # chapter 6's second teacher on a grid of its own size (chapter 9 reads its verdicts back)
                    "second_teacher": True,
                    "robustness_grid": [{"datasets": "cifar10", "shots": [1], "seeds": [0, 1], "teacher_seed": t,
-                                        "methods": ["netgraft", "all_at_once", "pruned_kd"]} for t in (0, 1)]}
+                                        "methods": ["netgraft", "all_at_once", "pruned_kd"]} for t in (0, 1)],
+                   # chapter 8's faster students: the book's and one that drops blocks
+                   "speed": True, "speed_students": ["width: stage 3 inside 28/64", "drop: 2 of 3 blocks per unit"],
+                   "speed_shots": [1], "speed_seeds": [0, 1]}
 
 
 def chapter_ids():

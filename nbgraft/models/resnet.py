@@ -15,7 +15,9 @@ teacher's option-A map restricted to the channels it keeps.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+import itertools
+import math
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -41,6 +43,7 @@ class ResNetSpec:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     family: str = "resnet"
+    unit_blocks: tuple[int, ...] | None = None  # residual blocks kept in each unit of each stage (None: all of them)
 
     def __post_init__(self):
         if self.depth not in DEPTHS and ((self.depth - 2) % 6 or self.depth < 8):
@@ -51,6 +54,16 @@ class ResNetSpec:
             raise ValueError(f"a CIFAR ResNet has three inner widths, got {self.mids}")
         if self.shortcut not in ("A", "conv"):
             raise ValueError(f"shortcut must be 'A' or 'conv', got {self.shortcut!r}")
+        if self.unit_blocks is not None and (len(self.unit_blocks) != 3 or min(self.unit_blocks) < 1):
+            raise ValueError(f"unit_blocks gives the blocks kept in each unit of the three stages (at least one), "
+                             f"got {self.unit_blocks}")
+
+    def cache_fields(self) -> dict:
+        """The fields a cache key holds: `unit_blocks` only when set, so every key made before it existed stays."""
+        out = asdict(self)
+        if out["unit_blocks"] is None:
+            del out["unit_blocks"]
+        return out
 
     def mid(self, stage: int) -> int:
         return self.widths[stage] if self.mids is None else self.mids[stage]
@@ -59,17 +72,20 @@ class ResNetSpec:
     def blocks_per_stage(self) -> int:
         return (self.depth - 2) // 6
 
-    def unit_sizes(self) -> list[int]:
-        """Blocks in each unit of a stage (as equal as possible, larger first)."""
+    def unit_sizes(self, stage: int | None = None) -> list[int]:
+        """Blocks in each unit of a stage (as equal as possible, larger first); of `stage`, as many as it keeps."""
         n, u = self.blocks_per_stage, min(self.units_per_stage, self.blocks_per_stage)
-        return [n // u + (1 if k < n % u else 0) for k in range(u)]
+        sizes = [n // u + (1 if k < n % u else 0) for k in range(u)]
+        if stage is None or self.unit_blocks is None:
+            return sizes
+        return [min(size, self.unit_blocks[stage]) for size in sizes]
 
     def layout(self) -> list[tuple]:
         """("stem",), ("stage", s, first block, n blocks) ..., ("head",): what each grafting unit is."""
         units: list[tuple] = [("stem",)]
         for s in range(3):
             start = 0
-            for size in self.unit_sizes():
+            for size in self.unit_sizes(s):
                 units.append(("stage", s, start, size))
                 start += size
         units.append(("head",))
@@ -90,19 +106,22 @@ def teacher_spec(depth: int = 56, num_classes: int = 10, **kw) -> ResNetSpec:
 
 
 def student_spec(teacher: ResNetSpec, widths: tuple[int, ...] | None = None,
-                 mids: tuple[int, ...] | None = None) -> ResNetSpec:
-    """The stream widths of each stage (`widths`) and the inner widths of their blocks (`mids`, the first
-    conv's output). Default: the teacher's streams, stage 3's blocks thinned inside to 7/16 of their
+                 mids: tuple[int, ...] | None = None, unit_blocks: tuple[int, ...] | None = None) -> ResNetSpec:
+    """The stream widths of each stage (`widths`), the inner widths of their blocks (`mids`, the first
+    conv's output) and the residual blocks each unit of a stage keeps (`unit_blocks`: fewer blocks make a student
+    faster, where thinner ones barely are; which blocks is chosen on the few-shot images, see `inherit_block`).
+    Any option given: the teacher's for the others. None given, the default: the teacher's streams, stage 3's blocks thinned inside to 7/16 of their
     width (64 -> 28 channels in a ResNet-56: 42% fewer parameters, folded), the widest multiple of 4
     that keeps the 40% saving chapter 8 aims at; on the validation pool (seed 0) it beat 24 channels by 1.0 point
     at N=10 and 2.6 at N=1. Width buys fidelity at a parameter cost (validation pool, N=10, seed 0: inner width
     20 / 24 / 28 / 36 / 48 -> 92.5 / 96.0 / 97.0 / 98.3 / 99.6 %, 52 / 47 / 42.5 / 33 / 19 % fewer parameters).
     No BatchNorm; shape-changing shortcuts are 1x1 convs."""
-    if widths is None and mids is None:
+    if widths is None and mids is None and unit_blocks is None:
         mids = (*teacher.widths[:2], teacher.widths[2] * 7 // 16)
     widths = tuple(widths) if widths is not None else teacher.widths
     return replace(teacher, widths=tuple(int(w) for w in widths), mids=None if mids is None else tuple(mids),
-                   batch_norm=False, shortcut="conv")
+                   batch_norm=False, shortcut="conv",
+                   unit_blocks=None if unit_blocks is None else tuple(int(b) for b in unit_blocks))
 
 
 class OptionA(nn.Module):
@@ -190,8 +209,8 @@ def first_grafted(teacher: ResNetSpec, student: ResNetSpec) -> int:
                                                                          student.units_per_stage):
         raise ValueError("teacher and student must share depth, classes and units per stage")
     tw, sw = teacher.boundary_widths(), student.boundary_widths()
-    for k, unit in enumerate(teacher.layout()[:-1]):
-        inner = unit[0] == "stage" and teacher.mid(unit[1]) != student.mid(unit[1])
+    for k, (unit, s_unit) in enumerate(zip(teacher.layout()[:-1], student.layout())):
+        inner = unit[0] == "stage" and (teacher.mid(unit[1]) != student.mid(unit[1]) or unit[3] != s_unit[3])
         if tw[k] != sw[k] or tw[k + 1] != sw[k + 1] or inner:
             return k
     return len(tw) - 2  # same widths everywhere: only the head is the student's own
@@ -228,6 +247,48 @@ def _conv_bn(conv: nn.Conv2d, bn: nn.Module, h: torch.Tensor | None) -> tuple:
 
 
 @torch.no_grad()
+def kept_blocks(t_unit: nn.Sequential, n: int, x_in: torch.Tensor | None = None) -> list[int]:
+    """Which `n` of a teacher unit's residual blocks a student unit keeps (their indices, in order).
+
+    A block that changes the stream's shape (the first of stages 2 and 3) is always kept. Of the others, those
+    dropped are the ones without which the unit's output moves least on `x_in` (the teacher's activations entering
+    the unit on the few-shot images: relative squared error, every such subset tried, or one block at a time past
+    MAX_SUBSETS): a rule computed on the N images alone, as PRACTISE (Wang et al., CVPR 2023) chooses which
+    blocks to drop by what the rest keeps. Without images, the last blocks go."""
+    blocks = list(t_unit)
+    droppable = [j for j, b in enumerate(blocks) if isinstance(b.shortcut, nn.Identity)]
+    k = len(blocks) - n
+    if k <= 0:
+        return list(range(len(blocks)))
+    if k > len(droppable):
+        raise ValueError(f"a unit of {len(blocks)} blocks can keep no fewer than {len(blocks) - len(droppable)} "
+                         f"(its first changes the stream's shape), not {n}")
+    if x_in is None:
+        dropped = droppable[-k:]
+    else:
+        h = x_in.float()
+
+        def moved(skip) -> float:
+            out = h
+            for j, b in enumerate(blocks):
+                if j not in skip:
+                    out = b(out)
+            return ((out - full).pow(2).sum() / full.pow(2).sum().clamp_min(1e-12)).item()
+
+        full = t_unit(h)
+        if math.comb(len(droppable), k) <= MAX_SUBSETS:
+            dropped = min(itertools.combinations(droppable, k), key=moved)
+        else:
+            dropped = ()
+            for _ in range(k):
+                dropped = min(((*dropped, j) for j in droppable if j not in dropped), key=moved)
+    return [j for j in range(len(blocks)) if j not in dropped]
+
+
+MAX_SUBSETS = 256  # subsets of blocks to drop tried exhaustively in one unit (more: one block at a time)
+
+
+@torch.no_grad()
 def inherit_block(t_unit: nn.Module, s_unit: nn.Module, keep_in: torch.Tensor, keep_out: torch.Tensor,
                   x_in: torch.Tensor | None = None) -> None:
     """Start a BN-free student unit as its teacher unit restricted to the kept channels.
@@ -235,7 +296,8 @@ def inherit_block(t_unit: nn.Module, s_unit: nn.Module, keep_in: torch.Tensor, k
     The residual stream keeps `keep_out` throughout the unit; each block's inner channels are those
     most active on `x_in` (the teacher's activations entering the unit) if given, else the filters of
     largest norm. Shape-changing shortcuts (1x1 convs in the student) take the teacher's option-A map
-    restricted to the kept channels. With every channel kept, the unit computes the teacher's exactly.
+    restricted to the kept channels. A student unit with fewer blocks starts from the teacher blocks
+    `kept_blocks` chooses on `x_in`. With every channel and block kept, the unit computes the teacher's exactly.
     """
     if any(isinstance(m, nn.BatchNorm2d) for m in s_unit.modules()):
         raise ValueError("starting from the teacher needs a student unit without BatchNorm")
@@ -249,7 +311,7 @@ def inherit_block(t_unit: nn.Module, s_unit: nn.Module, keep_in: torch.Tensor, k
         _copy_conv(s_unit[0], w, b, keep_out, keep_in)
         return
     prev = keep_in
-    for tb, sb in zip(t_unit, s_unit):
+    for tb, sb in zip([t_unit[j] for j in kept_blocks(t_unit, len(s_unit), x_in)], s_unit):
         w1, b1, mid = _conv_bn(tb.conv1, tb.bn1, h)
         score = (F.relu(mid).mean((0, 2, 3)) if mid is not None else w1.abs().sum((1, 2, 3)))
         inner = torch.sort(torch.topk(score, sb.conv1.out_channels).indices).values
@@ -276,6 +338,9 @@ def branch_ends(t_unit: nn.Module, s_unit: nn.Module) -> list[tuple[nn.Conv2d, n
     Where FSKD fits and merges its maps in a student that keeps the streams (nbgraft.methods.fskd)."""
     if isinstance(t_unit, (Stem, Head)):
         return []
+    if len(t_unit) != len(s_unit):
+        raise ValueError("FSKD fits one map per residual block: it needs a student that keeps the teacher's blocks "
+                         "(no unit_blocks)")
     return [(sb.conv2, tb.bn2) for tb, sb in zip(t_unit, s_unit)
             if sb.conv1.out_channels < tb.conv1.out_channels and sb.conv2.out_channels == tb.conv2.out_channels]
 
@@ -288,7 +353,7 @@ PUBLISHED = {
 }
 
 
-def _md5(path: Path) -> str:
+def file_md5(path: Path) -> str:
     h = hashlib.md5()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -341,7 +406,7 @@ def load_checkpoint(path: str | Path, depth: int | None = None, md5: str | None 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}" + (" (it is a folder)" if path.is_dir() else ""))
-    if md5 is not None and (digest := _md5(path)) != md5:
+    if md5 is not None and (digest := file_md5(path)) != md5:
         raise ValueError(f"{path} has md5 {digest}, expected {md5}: the file is truncated, damaged or another "
                          "network's; fetch it again")
     try:

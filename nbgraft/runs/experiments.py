@@ -16,7 +16,7 @@ from ..profiles import get_profile
 from .netgraft import graft_seeds, load_student, run_netgraft, untrained_student
 from .setting import Setting, base_config, check_parameters, prepare, recipe_for, run_entry, student_spec_for
 from .students import run_student
-from .teacher import teacher_spec_for
+from .teacher import teacher_datasets, teacher_label, teacher_spec_for
 
 __all__ = ["RESULT_COLUMNS", "Setting", "base_config", "cached_runs", "check_parameters", "graft_seeds", "load_student",
            "prepare", "recipe_for", "results_frame", "run_entry", "run_method", "run_netgraft", "run_student",
@@ -59,7 +59,7 @@ def cached_runs(method: str, output_root=None, *, profile=None, dataset: str | N
     own = json.loads(json.dumps(_plain(recipe_for(profile, method, dataset, teacher, source))))
     student = json.loads(json.dumps(_plain(student_spec_for(teacher_spec_for(dataset, profile, teacher)))))
     return [m for m in runs if m.get("dataset") == dataset and m.get("profile") == profile.name
-            and m.get("teacher_name", "vgg16") == teacher and m.get("teacher_seed", 0) == teacher_seed
+            and m.get("teacher_name", "vgg16") == teacher_label(teacher) and m.get("teacher_seed", 0) == teacher_seed
             and m.get("schedule") == own
             and m.get("student_spec") == student]
 
@@ -74,9 +74,7 @@ def results_frame(output_root=None, methods=METHODS, profile=None, teacher: str 
     if profile is None:
         runs = [m for method in methods for m in cached_runs(method, output_root)]
     else:
-        from ..profiles import TEACHERS
-
-        runs = [m for method in methods for ds in TEACHERS[teacher]
+        runs = [m for method in methods for ds in teacher_datasets(teacher)
                 for m in cached_runs(method, output_root, profile=profile, dataset=ds, teacher=teacher)]
     return runs_frame(runs)
 

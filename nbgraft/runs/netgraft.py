@@ -39,7 +39,8 @@ def graft_seeds(dataset: str, shots: int, seeds, profile="cpu", *, method: str =
     check_method(method, kind="graft")
     profile = get_profile(profile)
     dataset = D.check_dataset(dataset)
-    sched = replace(recipe_for(profile, method, dataset, check_teacher(teacher, dataset), source), **schedule_overrides)
+    teacher = check_teacher(teacher, dataset)
+    sched = replace(recipe_for(profile, method, dataset, teacher, source), **schedule_overrides)
     s_spec = student_spec_for(teacher_spec_for(dataset, profile, teacher), student)
     kw = {"teacher": teacher, "data_root": data_root, "output_root": output_root, "device": device}
     settings = [prepare(dataset, shots, seed, profile, source=source, teacher_seed=teacher_seed, **kw)
@@ -72,7 +73,8 @@ def untrained_student(dataset: str, shots: int, seed: int = 0, profile="cpu", *,
     grafting steps add is measured from here. A student started from the teacher keeps the channels most
     active on the N images (of `source`), so its starting point depends on them too."""
     profile = get_profile(profile)
-    sched = profile.recipe(method, D.check_dataset(dataset), check_teacher(teacher, dataset))
+    teacher = check_teacher(teacher, dataset)
+    sched = profile.recipe(method, D.check_dataset(dataset), teacher)
     s = prepare(dataset, shots, seed, profile, teacher=teacher, data_root=data_root, output_root=output_root,
                 device=device, source=source, teacher_seed=teacher_seed)
     s_spec = student_spec_for(s.teacher.spec)

@@ -22,7 +22,7 @@ from ..methods import check_method
 from ..models import BlockNet, family
 from ..profiles import get_profile
 from ..zeroshot.inversion import check_source, noise_images, synthetic_entry, synthetic_pool, take
-from .teacher import (check_teacher, get_teacher, teacher_entry, teacher_spec_for, teacher_stamp,
+from .teacher import (check_teacher, get_teacher, teacher_entry, teacher_label, teacher_spec_for, teacher_stamp,
                       teacher_test_predictions)
 
 VAL_REPORT_SIZE = 1000  # validation images scored per run (a fixed class-balanced prefix of the pool)
@@ -36,7 +36,7 @@ class Setting:
     shots: int
     seed: int
     profile: object
-    teacher_name: str
+    teacher_name: str  # as tables and run keys name it (nbgraft.runs.teacher.teacher_label)
     teacher: BlockNet
     teacher_metrics: dict
     teacher_key: str
@@ -95,10 +95,10 @@ def prepare(dataset: str, shots: int, seed: int = 0, profile="cpu", *, teacher: 
     second teacher)."""
     device = pick_device(device)
     check_source(source)
-    check_teacher_seed(teacher_seed, teacher, source)
     profile = get_profile(profile)
     dataset = D.check_dataset(dataset)
-    check_teacher(teacher, dataset)
+    teacher = check_teacher(teacher, dataset)
+    check_teacher_seed(teacher_seed, teacher, source)
     data = D.load_dataset(dataset, data_root)
     split = D.make_split(data, profile.val_per_class[dataset], shots, seed)  # validates N before training
     net, tm = get_teacher(dataset, profile, seed=teacher_seed, data_root=data_root, output_root=output_root,
@@ -127,7 +127,7 @@ def prepare(dataset: str, shots: int, seed: int = 0, profile="cpu", *, teacher: 
         (x, y), image_key = take(pool, shots), pool["metrics"]["cache_key"]
     elif source == "noise":
         x, y = noise_images(net.num_classes, shots, seed)
-    return Setting(dataset, shots, seed, profile, teacher, net, tm, t_key,
+    return Setting(dataset, shots, seed, profile, teacher_label(teacher), net, tm, t_key,
                    D.to_tensor(x, dataset, device, **norm), torch.from_numpy(y).to(device),
                    x_val, y_val, x_test, y_test, t_test_pred, t_val_pred, data.source, source, image_key, stamp,
                    teacher_seed)
@@ -203,7 +203,7 @@ def run_entry(method: str, dataset: str, shots: int, seed: int = 0, profile="cpu
     """The cache entry a run of `method` uses, found without training or loading a network (only the data's
     hash is read): how a table's `cache_key` is checked against the code."""
     profile, dataset = get_profile(profile), D.check_dataset(dataset)
-    check_teacher(teacher, dataset)
+    teacher = check_teacher(teacher, dataset)
     check_teacher_seed(teacher_seed, teacher, source)
     t_key = teacher_entry(dataset, profile, seed=teacher_seed, teacher=teacher, data_root=data_root,
                           output_root=output_root).key
@@ -211,8 +211,9 @@ def run_entry(method: str, dataset: str, shots: int, seed: int = 0, profile="cpu
     if check_source(source) == "synthetic":
         image_key = synthetic_entry(dataset, seed, profile, t_key, output_root).key
     t_spec = teacher_spec_for(dataset, profile, teacher)
-    return run_cache_entry(output_root, method, base_config(method, dataset, shots, seed, profile, teacher, t_key,
-                                                            source, image_key, teacher_seed),
+    base = base_config(method, dataset, shots, seed, profile, teacher_label(teacher), t_key, source, image_key,
+                       teacher_seed)
+    return run_cache_entry(output_root, method, base,
                            replace(recipe_for(profile, method, dataset, teacher, source), **schedule_overrides),
                            student_spec_for(t_spec, student))
 

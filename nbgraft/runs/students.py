@@ -25,7 +25,8 @@ def run_student(method: str, dataset: str, shots: int, seed: int = 0, profile="c
     m = check_method(method, kind="student")
     profile = get_profile(profile)
     dataset = D.check_dataset(dataset)
-    sched = replace(recipe_for(profile, method, dataset, check_teacher(teacher, dataset)), **schedule_overrides)
+    teacher = check_teacher(teacher, dataset)
+    sched = replace(recipe_for(profile, method, dataset, teacher), **schedule_overrides)
     s = prepare(dataset, shots, seed, profile, teacher=teacher, data_root=data_root, output_root=output_root,
                 device=device, teacher_seed=teacher_seed)
     s_spec = student_spec_for(s.teacher.spec, student)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,26 +30,104 @@ from ..training import TEACHER_STRIDE, derive_seed, generator, progress, seed_ev
 REPO = Path(__file__).resolve().parents[2]
 
 
-def check_teacher(teacher: str, dataset: str) -> str:
-    """The teacher's name, if nbgraft knows it for this data set; a clear error otherwise."""
-    dataset = D.check_dataset(dataset)
-    if teacher not in TEACHERS:
-        raise ValueError(f"unknown teacher {teacher!r}; nbgraft knows {', '.join(TEACHERS)} "
-                         "(a network of your own enters as a BlockNet, see the README)")
-    if dataset not in TEACHERS[teacher]:
-        raise ValueError(f"the {teacher} teacher exists for {', '.join(TEACHERS[teacher])}, not {dataset}")
+def check_teacher(teacher, dataset: str) -> str:
+    """The teacher as the experiments layer passes it on (a built-in name, or a checkpoint's path: see
+    `as_teacher`), if nbgraft can use it on this data set; a clear error otherwise."""
+    dataset, teacher = D.check_dataset(dataset), as_teacher(teacher)
+    if teacher in TEACHERS:
+        if dataset not in TEACHERS[teacher]:
+            raise ValueError(f"the {teacher} teacher exists for {', '.join(TEACHERS[teacher])}, not {dataset}")
+        return teacher
+    file = teacher_file(teacher)
+    if file is None:
+        raise ValueError(f"unknown teacher {teacher!r}: nbgraft knows {', '.join(TEACHERS)}, or a CIFAR ResNet "
+                         "checkpoint given by its path (`nbgraft graft --teacher-weights PATH --arch resnetD`, or "
+                         "`load_teacher(path, arch=...)` in Python; any other network enters as a BlockNet, see "
+                         "the README)")
+    if file.num_classes != D.NUM_CLASSES[dataset]:
+        raise ValueError(f"{file.path} has {file.num_classes} classes, {dataset} has {D.NUM_CLASSES[dataset]}: "
+                         "choose the data set it was trained on")
     return teacher
+
+
+@dataclass(frozen=True)
+class TeacherFile:
+    """A CIFAR ResNet checkpoint used as a teacher: what its cache key and its tables need to know of it."""
+
+    path: str
+    md5: str
+    depth: int
+    num_classes: int
+
+    @property
+    def name(self) -> str:
+        """How tables and cache keys name it: the published name if it is a published file (so it shares that
+        teacher's cache), else its depth and checksum."""
+        known = [n for n, info in R.PUBLISHED.items() if info["md5"] == self.md5]
+        return known[0] if known else f"resnet{self.depth}-{self.md5[:8]}"
+
+
+_FILES = Memo(16)
+
+
+def teacher_file(teacher) -> TeacherFile | None:
+    """The checkpoint a teacher given by its path is (read once per file version), or None for a built-in
+    name or a path that is no file."""
+    teacher = as_teacher(teacher)
+    if teacher in TEACHERS or not Path(teacher).is_file():
+        return None
+    path = Path(teacher).resolve()
+    stat = path.stat()
+
+    def read() -> TeacherFile:
+        net = R.load_checkpoint(path)
+        return TeacherFile(str(path), R.file_md5(path), net.spec.depth, net.num_classes)
+
+    return _FILES.get((str(path), stat.st_size, stat.st_mtime_ns), read)
+
+
+def as_teacher(teacher) -> str:
+    """How the experiments layer passes a teacher on: a built-in name ("vgg16", "resnet56"), a checkpoint's path,
+    or a network `load_teacher` returned (it remembers its file), as that file's path."""
+    if isinstance(teacher, torch.nn.Module):
+        path = getattr(teacher, "checkpoint", None)
+        if path is None:
+            raise ValueError("the experiments layer (caching, seeds, tables) takes a network through its checkpoint "
+                             "file: load it with nbgraft.load_teacher(path, arch=...), or pass the path; a network "
+                             "built in memory grafts with nbgraft.netgraft directly")
+        return path
+    return str(teacher) if isinstance(teacher, Path) else teacher
+
+
+def teacher_datasets(teacher) -> tuple[str, ...]:
+    """The data sets a teacher can be used on (a checkpoint: those with as many classes as it has)."""
+    teacher, file = as_teacher(teacher), teacher_file(teacher)
+    if file is None:
+        if teacher not in TEACHERS:
+            check_teacher(teacher, "cifar10")  # says what a teacher can be
+        return TEACHERS[teacher]
+    return tuple(d for d in D.DATASETS if D.NUM_CLASSES[d] == file.num_classes)
+
+
+def teacher_label(teacher) -> str:
+    """The teacher's name in tables and run keys: a built-in name, or a checkpoint's `TeacherFile.name`."""
+    file = teacher_file(teacher)
+    return as_teacher(teacher) if file is None else file.name
 
 
 def load_teacher(path: str | Path, arch: str, md5: str | None = None) -> BlockNet:
     """A pretrained network from its checkpoint file, as a frozen eval-mode BlockNet that carries its spec (the
     input normalisation included: `teacher.spec.mean`, `.std`). `arch`: "resnetD" for a CIFAR ResNet of any
-    depth D = 6n + 2 in the published format (checked against the file); `md5`: the file's checksum, if known."""
+    depth D = 6n + 2 in the published format (checked against the file); `md5`: the file's checksum, if known.
+    The network remembers its file (`.checkpoint`), so the experiments layer takes it as a teacher: cached runs,
+    seeds trained together, scores and tables, with its family's recipes (`nbgraft.profiles.recipe_family`)."""
     match = re.fullmatch(r"resnet(\d+)", str(arch))
     if not match or (int(match.group(1)) - 2) % 6 or int(match.group(1)) < 8:
         raise ValueError(f"unknown arch {arch!r}: nbgraft loads CIFAR ResNets of depth 6n + 2, e.g. resnet20, "
                          "resnet32, resnet44, resnet56, resnet110")
-    return R.load_checkpoint(path, int(match.group(1)), md5).requires_grad_(False)
+    net = R.load_checkpoint(path, int(match.group(1)), md5).requires_grad_(False)
+    net.checkpoint = str(Path(path).resolve())
+    return net
 
 
 def teachers_root() -> list[Path]:
@@ -60,9 +139,12 @@ def teachers_root() -> list[Path]:
 def teacher_spec_for(dataset: str, profile, teacher: str = "vgg16"):
     """The teacher's architecture (a family spec), without loading anything."""
     profile, dataset = get_profile(profile), D.check_dataset(dataset)
-    check_teacher(teacher, dataset)
-    if teacher != "vgg16":
+    teacher = check_teacher(teacher, dataset)
+    if teacher in R.PUBLISHED:
         return R.teacher_spec(R.PUBLISHED[teacher]["depth"])
+    if teacher != "vgg16":
+        file = teacher_file(teacher)
+        return R.teacher_spec(file.depth, file.num_classes)
     return V.teacher_spec(D.NUM_CLASSES[dataset], profile.width, profile.batch_norm, D.MEAN[dataset], D.STD[dataset])
 
 
@@ -72,7 +154,9 @@ def teacher_config(dataset: str, profile, seed: int = 0, teacher: str = "vgg16",
     spec = teacher_spec_for(dataset, profile, teacher)
     data = D.load_dataset(dataset, data_root).fingerprint
     if teacher != "vgg16":
-        return {"dataset": dataset, "published": teacher, "md5": R.PUBLISHED[teacher]["md5"], "spec": spec,
+        file = teacher_file(teacher)
+        name, md5 = (teacher, R.PUBLISHED[teacher]["md5"]) if file is None else (file.name, file.md5)
+        return {"dataset": dataset, "published": name, "md5": md5, "spec": spec,
                 "test_limit": profile.test_limit, "val_per_class": profile.val_per_class[dataset], "data": data}
     return {"dataset": dataset, "spec": spec, "schedule": profile.teacher_for(dataset),
             "val_per_class": profile.val_per_class[dataset], "seed": seed, "data": data}
@@ -159,10 +243,17 @@ def teacher_test_predictions(dataset: str, profile="cpu", *, seed: int = 0, data
 
 
 def _published(name: str, entry: Entry, profile, data_root, device) -> tuple[BlockNet, dict]:
-    info = R.PUBLISHED[name]
-    paths = [root / info["file"] for root in teachers_root()]
-    path = next((p for p in paths if p.is_file()), paths[0])
-    model = R.load_published(name, path).to(device).requires_grad_(False)
+    """A published teacher (by name, looked up in `teachers_root`) or a checkpoint (by path), scored once."""
+    file = teacher_file(name)
+    if file is None:
+        info = R.PUBLISHED[name]
+        paths = [root / info["file"] for root in teachers_root()]
+        path = next((p for p in paths if p.is_file()), paths[0])
+        model = R.load_published(name, path)
+    else:
+        info, path = R.PUBLISHED.get(file.name, {}), Path(file.path)
+        model = R.load_checkpoint(path, file.depth, file.md5)
+    model = model.to(device).requires_grad_(False)
     if not entry.done:  # a finished entry's predictions were checked with it (Entry.verify)
         t0 = time.perf_counter()
         data = D.load_dataset(entry.config["dataset"], data_root)
@@ -172,7 +263,7 @@ def _published(name: str, entry: Entry, profile, data_root, device) -> tuple[Blo
         acc = (pred == torch.from_numpy(y_test)).float().mean().item() * 100
         entry.start()
         entry.save_tensors("test_pred.pt", pred)
-        entry.finish({"test_accuracy": acc, "published_test_accuracy": info["test_accuracy"], "weights": str(path),
+        entry.finish({"test_accuracy": acc, "published_test_accuracy": info.get("test_accuracy"), "weights": str(path),
                       "history": [], "wall_s": time.perf_counter() - t0, "device": str(device),
                       "machine": machine(device),
                       "torch_threads": torch.get_num_threads(), "data_source": data.source, "train_images": 0})

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from .experiments import run_method
+from .teacher import check_teacher, teacher_label
 from ..cache import default_output_root
 from ..plots import save_table
 from ..methods import METHODS
@@ -66,11 +67,11 @@ def run_tuning(methods=METHODS, dataset: str = "cifar10", profile="cpu", *, teac
     its longest length, or its shortest one above MIN_LENGTH) gets the next row or column (x1/3 or x3, x1/2 or
     x2), until its choice is inside the grid or MAX_EXTENSIONS rounds were added. Rows of the table already
     written for other methods, data sets or teachers are kept."""
-    profile = get_profile(profile)
+    profile, label = get_profile(profile), teacher_label(check_teacher(teacher, dataset))
     path = Path(output_root if output_root is not None else default_output_root()) / "tables" / f"{table_name}.csv"
     kept = pd.read_csv(path) if path.is_file() else pd.DataFrame()
     if len(kept):
-        kept = kept[~(kept["method"].isin(methods) & (kept["dataset"] == dataset) & (kept["teacher"] == teacher))]
+        kept = kept[~(kept["method"].isin(methods) & (kept["dataset"] == dataset) & (kept["teacher"] == label))]
         kept = kept[[c for c in kept.columns if c not in ("val_accuracy_mean_over_n", "chosen")]]
     rows: list[dict] = []
 
@@ -79,7 +80,7 @@ def run_tuning(methods=METHODS, dataset: str = "cifar10", profile="cpu", *, teac
         over = overrides(sched, lr, length)
         m = run_method(method, dataset, n, seed, profile, teacher=teacher, data_root=data_root,
                        output_root=output_root, device=device, **over)
-        rows.append({"method": method, "teacher": teacher, "dataset": dataset, "shots": n, "seed": seed,
+        rows.append({"method": method, "teacher": label, "dataset": dataset, "shots": n, "seed": seed,
                      "lr_scale": round(lr, 4), "length": length, **_absolute(sched, over),
                      "val_accuracy": m["val_accuracy"], "wall_s": m["wall_s"]})
         save_table(pd.concat([kept, pd.DataFrame(rows)], ignore_index=True), table_name, output_root)

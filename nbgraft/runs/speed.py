@@ -1,0 +1,106 @@
+"""Students that are faster, not only smaller: the ResNet family's student shapes side by side, each grafted by the
+same recipe, with their accuracy and their measured CPU speed-up over the teacher (`outputs/tables/speed.csv`).
+
+Thinning the blocks inside one stage saves parameters but little time (a CIFAR ResNet's stages cost about the same
+MACs each, and small convolutions are bound by memory traffic); dropping whole residual blocks saves time in
+proportion (a residual network keeps working with a block removed, and which blocks go is chosen on the few-shot
+images: `nbgraft.models.resnet.kept_blocks`). Speed-ups are medians of repeated timings on the machine that runs
+this, teacher and student timed in alternation so that a drift of the machine's speed hits both, and cached per
+student run and CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import pandas as pd
+import torch
+
+from ..cache import cached
+from ..device import machine
+from ..evaluate import count_flops, count_params
+from .netgraft import graft_seeds, load_student
+from .setting import run_entry
+
+# name -> options of the ResNet family's student (nbgraft.models.resnet.student_spec); the first is the book's
+STUDENTS = {
+    "width: stage 3 inside 28/64": {},
+    "thin: every stage inside 1/2": {"mids": [8, 16, 32]},
+    "drop: 2 of 3 blocks per unit": {"unit_blocks": [2, 2, 2]},
+    "drop + width": {"unit_blocks": [2, 2, 2], "mids": [16, 32, 28]},
+}
+COLUMNS = ["teacher", "student", "shots", "seeds", "accuracy_mean", "accuracy_std", "teacher_accuracy",
+           "params_ratio", "macs_ratio", "cpu_speedup_b1", "cpu_speedup_b128"]
+
+
+def speed_runs(students: dict = STUDENTS, shots=(1, 10), seeds=(0, 1, 2), profile="cpu", *, teacher="resnet56",
+               method: str = "netgraft", **kw) -> list[dict]:
+    """Every student x N x seed grafted by `method`'s recipe (seeds trained together, cached); each run's metrics
+    with the student's name under "student"."""
+    runs = []
+    for name, options in students.items():
+        for n in shots:
+            for m in graft_seeds("cifar10", n, seeds, profile, method=method, teacher=teacher,
+                                 student=options or None, **kw):
+                runs.append({**m, "student": name})
+    return runs
+
+
+def speed_cached(students: dict = STUDENTS, shots=(1, 10), seeds=(0, 1, 2), profile="cpu", *, teacher="resnet56",
+                 method: str = "netgraft", data_root=None, output_root=None, device=None) -> bool:
+    """Whether every run of `speed_runs` is in the cache (found without training or loading a network)."""
+    return all(run_entry(method, "cifar10", n, seed, profile, teacher=teacher, student=options or None,
+                         data_root=data_root, output_root=output_root).done
+               for options in students.values() for n in shots for seed in seeds)
+
+
+@torch.no_grad()
+def _median_ms(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model(x)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2] * 1000
+
+
+@torch.no_grad()
+def cpu_speedup(teacher: torch.nn.Module, student: torch.nn.Module, batch_size: int, rounds: int = 5,
+                repeats: int = 5) -> float:
+    """Median over `rounds` of the teacher's median forward time over the student's (one CPU, this process's
+    threads), the two timed in alternation within each round; both warmed up first."""
+    t, s = (copy.deepcopy(m).cpu().eval() for m in (teacher, student))
+    x = torch.randn(batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    for m in (t, s):
+        for _ in range(2):
+            m(x)
+    ratios = sorted(_median_ms(t, x, repeats) / _median_ms(s, x, repeats) for _ in range(rounds))
+    return ratios[len(ratios) // 2]
+
+
+def speed_table(runs: list[dict], teacher: torch.nn.Module, output_root=None, rounds: int = 5) -> pd.DataFrame:
+    """speed.csv's rows: per student and N, accuracy over seeds, and per student its size, MACs and measured CPU
+    speed-ups over `teacher` at batch 1 and 128 (its folded student of the first run; every seed has the same
+    architecture)."""
+    df = pd.DataFrame(runs)
+    measured = {}
+    for name, first in df.groupby("student", sort=False).head(1).set_index("student").iterrows():
+        def measure(first=first) -> dict:
+            student = load_student(first.to_dict(), output_root, device="cpu")
+            return {"params_ratio": count_params(student) / count_params(teacher),
+                    "macs_ratio": count_flops(student) / count_flops(teacher),
+                    "cpu_speedup_b1": cpu_speedup(teacher, student, 1, rounds, repeats=20),
+                    "cpu_speedup_b128": cpu_speedup(teacher, student, 128, rounds)}
+
+        # timed once per student and CPU (a cached re-run of the book reads the timings back)
+        m = cached("speed_timing", {"student_run": first.cache_key, "teacher": first.teacher, "rounds": rounds,
+                                    "machine": machine("cpu")}, measure, output_root)
+        measured[name] = {k: m[k] for k in ("params_ratio", "macs_ratio", "cpu_speedup_b1", "cpu_speedup_b128")}
+    rows = []
+    for (name, n), g in df.groupby(["student", "shots"], sort=False):
+        rows.append({"teacher": g.teacher_name.iloc[0],
+                     "student": name, "shots": n, "seeds": g.seed.nunique(),
+                     "accuracy_mean": g.test_accuracy.mean(), "accuracy_std": g.test_accuracy.std(),
+                     "teacher_accuracy": g.teacher_test_accuracy.iloc[0], **measured[name]})
+    return pd.DataFrame(rows, columns=COLUMNS)
