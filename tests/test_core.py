@@ -18,7 +18,6 @@ from nbgraft.evaluate import eval_batch, predict
 from nbgraft.grafting import new_parts
 from nbgraft.models import build, load_state
 from nbgraft.models.vgg import student_spec, teacher_spec
-from nbgraft.methods import GRAFT_METHODS, METHODS
 from nbgraft.profiles import get_profile
 from nbgraft.runs.teacher import get_teacher
 from helpers import identity_map
@@ -302,13 +301,9 @@ def test_the_committed_runs_keep_their_cache_keys(data_root):
     table = pd.read_csv(REPO / "outputs" / "tables" / "06_sweep.csv", dtype={"cache_key": str})
     assert len(table) > 100 and table.cache_key.str.len().eq(16).all()
     for row in table.itertuples():
-        if row.method in GRAFT_METHODS or row.method not in METHODS:
-            recipe, overrides, student = variant(row.method)
-            entry = run_entry(recipe, row.dataset, row.shots, row.seed, row.profile, teacher=row.teacher,
-                              student=student, data_root=data_root, **overrides)
-        else:
-            entry = run_entry(row.method, row.dataset, row.shots, row.seed, row.profile, teacher=row.teacher,
-                              data_root=data_root)
+        recipe, overrides, student = variant(row.method)
+        entry = run_entry(recipe, row.dataset, row.shots, row.seed, row.profile, teacher=row.teacher,
+                          student=student, data_root=data_root, **overrides)
         assert entry.key == row.cache_key, row
 
 

@@ -49,8 +49,9 @@ VARIANT_LABELS = {
 
 
 def variant(method: str) -> tuple[str, dict, dict | None]:
-    """(recipe, schedule overrides, student options) of a grafting method or variant."""
-    if method in GRAFT_METHODS:
+    """(recipe, schedule overrides, student options) of any method of the book or an ablation variant: what its
+    cache entry is found by (`run_entry`)."""
+    if method in RECIPES:
         return method, {}, None
     v = dict(GRAFT_VARIANTS[method])
     return v.pop("recipe", "netgraft"), {k: x for k, x in v.items() if k != "student"}, v.get("student")
@@ -242,14 +243,10 @@ def is_cached(grid: str | Grid | Mapping | Iterable[Mapping], profile="cpu", *, 
     """Whether every run of `grid` is finished in the cache (found without training or loading a network): a
     chapter can then read an optional grid back for free."""
     for run in get_grid(grid, profile).runs():
-        kw = {"teacher": run.teacher, "teacher_seed": run.teacher_seed, "data_root": data_root,
-              "output_root": output_root}
-        if run.method in STUDENT_METHODS:
-            entry = run_entry(run.method, run.dataset, run.shots, run.seed, profile, **kw)
-        else:
-            recipe, overrides, student = variant(run.method)
-            entry = run_entry(recipe, run.dataset, run.shots, run.seed, profile, student=student, **kw, **overrides)
-        if not entry.done:
+        recipe, overrides, student = variant(run.method)
+        if not run_entry(recipe, run.dataset, run.shots, run.seed, profile, teacher=run.teacher,
+                         teacher_seed=run.teacher_seed, student=student, data_root=data_root, output_root=output_root,
+                         **overrides).done:
             return False
     return True
 
