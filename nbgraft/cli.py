@@ -100,7 +100,8 @@ def cmd_graft(args) -> int:
                     m = run_method(method, ds, n, seed, args.profile, teacher=teacher, **src, **_kw(args))
                     rows.append(m)
                     fresh = m.get("finished_at", 0) >= asked  # finished by this call, or read back
-                    print(f"{teacher_label(teacher)} {ds} N={n} seed={seed} {method:17s} test {m['test_accuracy']:6.2f}%  "
+                    print(f"{teacher_label(teacher)} {ds} N={n} seed={seed} {method:17s} "
+                          f"test {m['test_accuracy']:6.2f}%  "
                           f"agreement {m['test_agreement']:6.2f}%  trained in {m['wall_s']:.0f}s  "
                           f"({'now' if fresh else 'from the cache'}: {m.get('cache_key', '')})")
     from .cache import default_output_root

@@ -110,9 +110,9 @@ def student_spec(teacher: ResNetSpec, widths: tuple[int, ...] | None = None,
     """The stream widths of each stage (`widths`), the inner widths of their blocks (`mids`, the first
     conv's output) and the residual blocks each unit of a stage keeps (`unit_blocks`: fewer blocks make a student
     faster, where thinner ones barely are; which blocks is chosen on the few-shot images, see `inherit_block`).
-    Any option given: the teacher's for the others. None given, the default: the teacher's streams, stage 3's blocks thinned inside to 7/16 of their
-    width (64 -> 28 channels in a ResNet-56: 42% fewer parameters, folded), the widest multiple of 4
-    that keeps the 40% saving chapter 8 aims at; on the validation pool (seed 0) it beat 24 channels by 1.0 point
+    Any option given: the teacher's for the others. None given, the default: the teacher's streams, stage 3's
+    blocks thinned inside to 7/16 of their width (64 -> 28 channels in a ResNet-56: 42% fewer parameters, folded),
+    the widest multiple of 4 that keeps the 40% saving chapter 8 aims at; on the validation pool (seed 0) it beat 24 channels by 1.0 point
     at N=10 and 2.6 at N=1. Width buys fidelity at a parameter cost (validation pool, N=10, seed 0: inner width
     20 / 24 / 28 / 36 / 48 -> 92.5 / 96.0 / 97.0 / 98.3 / 99.6 %, 52 / 47 / 42.5 / 33 / 19 % fewer parameters).
     No BatchNorm; shape-changing shortcuts are 1x1 convs."""

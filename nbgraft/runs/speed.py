@@ -11,15 +11,12 @@ student run and CPU.
 
 from __future__ import annotations
 
-import copy
-import time
-
 import pandas as pd
 import torch
 
 from ..cache import cached
 from ..device import machine
-from ..evaluate import count_flops, count_params
+from ..evaluate import count_flops, count_params, cpu_latency_ms
 from .netgraft import graft_seeds, load_student
 from .setting import run_entry
 
@@ -55,27 +52,12 @@ def speed_cached(students: dict = STUDENTS, shots=(1, 10), seeds=(0, 1, 2), prof
                for options in students.values() for n in shots for seed in seeds)
 
 
-@torch.no_grad()
-def _median_ms(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        model(x)
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2] * 1000
-
-
-@torch.no_grad()
 def cpu_speedup(teacher: torch.nn.Module, student: torch.nn.Module, batch_size: int, rounds: int = 5,
                 repeats: int = 5) -> float:
-    """Median over `rounds` of the teacher's median forward time over the student's (one CPU, this process's
-    threads), the two timed in alternation within each round; both warmed up first."""
-    t, s = (copy.deepcopy(m).cpu().eval() for m in (teacher, student))
-    x = torch.randn(batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    for m in (t, s):
-        for _ in range(2):
-            m(x)
-    ratios = sorted(_median_ms(t, x, repeats) / _median_ms(s, x, repeats) for _ in range(rounds))
+    """Median over `rounds` of the teacher's median forward time over the student's (`cpu_latency_ms`: one CPU,
+    this process's threads, warmed up first), the two timed in alternation within each round."""
+    ratios = sorted(cpu_latency_ms(teacher, batch_size, repeats) / cpu_latency_ms(student, batch_size, repeats)
+                    for _ in range(rounds))
     return ratios[len(ratios) // 2]
 
 

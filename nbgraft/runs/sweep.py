@@ -279,8 +279,8 @@ def _json(value) -> str:
 def result_row(run: Run, metrics: dict, profile) -> dict:
     """One tidy row: the run, what differs from its recipe, the results, the whole schedule (JSON)."""
     overrides = dict(GRAFT_VARIANTS.get(run.method, {}))
-    row = {"teacher": teacher_label(run.teacher), "teacher_seed": run.teacher_seed, "dataset": run.dataset, "shots": run.shots,
-           "seed": run.seed, "method": run.method, "profile": get_profile(profile).name,
+    row = {"teacher": teacher_label(run.teacher), "teacher_seed": run.teacher_seed, "dataset": run.dataset,
+           "shots": run.shots, "seed": run.seed, "method": run.method, "profile": get_profile(profile).name,
            "overrides": " ".join(f"{k}={_json(list(v) if isinstance(v, tuple) else v)}" for k, v in overrides.items())}
     row.update({c: metrics.get(c) for c in RESULT_COLUMNS})
     row["schedule"] = _json(metrics["schedule"])
