@@ -393,8 +393,10 @@ display(Markdown(
     f"batch {df_sched.batch_size}, {df_sched.iterations} two-stage iterations of {df_sched.student_steps} student "
     f"steps and one generator step, student SGD at {df_sched.lr_student:g} (momentum {df_sched.momentum}, weight "
     f"decay {df_sched.weight_decay:g}), generator Adam at {df_sched.lr_generator:g}; scores every "
-    f"{df_sched.eval_every} iterations. The generator width and the batch size were chosen for this time budget on "
-    f"the validation pool, never on test images (`benchmarks/dfad_sizing.py`; the table is in `nbgraft.dfad`)."))
+    f"{df_sched.eval_every} iterations. The generator width and the batch size were chosen for this time budget "
+    f"without a real image or label, by the student's agreement with the teacher on CutMix blends of the teacher's "
+    f"own inverted images (`benchmarks/dfad_sizing.py`, `nbgraft.evaluate.label_free_score`; the table is "
+    f"in `nbgraft.zeroshot.dfad`)."))
 df = {s: DF.run_datafree(s, prof, seed, **kw) for s in ("two_stage", "one_stage")}
 n_df = df["two_stage"]["iterations"]
 teacher_acc = df["two_stage"]["teacher_test_accuracy"]
@@ -496,9 +498,13 @@ display(Markdown(
 # jitter and flips. The images are rounded to 8 bits and handed to NetGraft **unchanged**: the same
 # recipe, schedule and seeds as the real-image runs of chapter 5, with K synthetic images per class in
 # place of N real ones. No real image enters the synthesis or the training, and every run reports its last
-# epoch. Two choices of this chapter were made on the real, labelled validation pool, which a truly
-# data-free user does not have: the inversion's length (`nbgraft.zeroshot.inversion`) and DFAD's generator
-# size (section 7.4, `benchmarks/dfad_sizing.py`); the test images only score.
+# epoch. The two choices this chapter makes use no real image or label either: the inversion's length
+# (`benchmarks/inversion_length.py`) and DFAD's generator size (section 7.4, `benchmarks/dfad_sizing.py`)
+# were chosen by the label-free score of chapter 5's "What choosing costs"
+# (`nbgraft.evaluate.label_free_score`: the student's agreement with the teacher on CutMix blends of the
+# teacher's own inverted images, held out from training).
+# The real validation pool, read beside them as a check only, puts the two best options within half a point
+# of each other in both cases; the test images only score.
 #
 # Distilling on inverted images is not new: DeepInversion itself (inverted images, then KD), ZSKD (Nayak
 # et al. 2019, class impressions from the classifier's weights), DAFL (Chen et al. 2019, a generator trained

@@ -163,6 +163,18 @@ def cmd_tune(args) -> int:
     return 0
 
 
+def cmd_select(args) -> int:
+    from .cache import default_output_root
+    from .runs import selection as SEL
+
+    grid = SEL.selection_grid(args.profile, **_kw(args))
+    picked, runs = SEL.selection_runs(grid, args.profile, seeds=args.seeds, **_kw(args))
+    table = SEL.selection_table(picked, runs, args.output_root)
+    print(table.round(2).to_string(index=False))
+    print(f"tables: {args.output_root or default_output_root()}/tables/selection.csv, {SEL.GRID_TABLE}.csv")
+    return 0
+
+
 def cmd_book(args) -> int:
     from .book import run_book
 
@@ -250,6 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
     teacher_option(p)
     _common(p)
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("select", help="the book's recipe chosen with the labelled validation pool, without labels "
+                       "(agreement with the teacher on probes of the N shots) and carried over from CIFAR-10's VGG16, "
+                       "each on three draws (chapter 5, 'What choosing costs')", formatter_class=fmt)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    _common(p)
+    p.set_defaults(func=cmd_select)
 
     p = sub.add_parser("book", help="run every chapter with papermill, then build the HTML book", formatter_class=fmt)
     p.add_argument("--chapters", nargs="*", help="chapter numbers or names to run (default: all)")

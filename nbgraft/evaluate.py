@@ -1,6 +1,17 @@
-"""Reporting: test accuracy, agreement with the teacher, parameters, FLOPs and CPU latency.
+"""Reporting: test accuracy, agreement with the teacher, parameters, FLOPs and CPU latency; and a score that needs
+no label, for choices made without a labelled pool.
 
 The test set is only ever read here, for numbers that are reported, never for a choice.
+
+Choosing without labels: a student is scored by how often it agrees with its teacher on images made from the N
+shots that training never showed. The teacher is what the student distils, so its answers need no label, and a user
+who has only the N images and the teacher can compute this score for every candidate recipe and keep the best. The
+probes are CutMix blends (Yun et al., ICCV 2019) of two shots: a random box of one (randomly cropped and flipped)
+pasted into another, the box covering a quarter to three quarters of the image. Training only ever sees whole
+images, cropped and flipped, and their mixup blends (nbgraft.grafting.views), so a student that merely memorised its
+few views gains nothing here; what the probes reward is matching the teacher away from them. `training_views`
+draws the views training does see, for comparison (a score on them rewards fitting the shots).
+`nbgraft.runs.selection` measures what choosing by this score costs against the labelled validation pool.
 """
 
 from __future__ import annotations
@@ -10,7 +21,9 @@ import time
 import torch
 from torch import nn
 
+from . import data as D
 from .device import autocast, policy
+from .training import derive_seed, generator
 
 
 def eval_batch(device: torch.device | str) -> int:
@@ -113,3 +126,61 @@ def compression_table(models: dict, repeats_128: int = 10):
     out["relative_params"] = out["params_M"] / out["params_M"].iloc[0]
     out["relative_MMACs"] = out["MMACs"] / out["MMACs"].iloc[0]
     return out
+
+
+# --------------------------------------------------------------------------- without labels
+PROBES = 2048  # probe images per score: the agreement's standard error is then at most about 1.1 points
+PROBE_SALT = 7_919  # the probes' random stream, apart from every training stream of the same seed
+BOX_AREA = (0.25, 0.75)  # the pasted box's share of the image, drawn uniformly
+
+
+def _pairs(x: torch.Tensor, count: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` (image, other image) pairs of the shots, each augmented as training augments (crop, flip)."""
+    dev = gen.device
+    i = torch.randint(len(x), (count,), generator=gen, device=dev).to(x.device)
+    j = (i + torch.randint(1, max(2, len(x)), (count,), generator=gen, device=dev).to(x.device)) % len(x)
+    return D.augment(x[i], gen), D.augment(x[j], gen)
+
+
+def probe_images(x: torch.Tensor, count: int = PROBES, seed: int = 0) -> torch.Tensor:
+    """`count` CutMix blends of the normalised shots `x` (N, C, H, W), the same for a given seed on any device."""
+    if len(x) < 2:
+        raise ValueError(f"label-free probes blend two different images; got {len(x)} (give at least two shots)")
+    gen = generator(derive_seed(seed, PROBE_SALT), x.device)
+    dev = gen.device
+    a, b = _pairs(x, count, gen)
+    _, _, h, w = x.shape
+    area = BOX_AREA[0] + (BOX_AREA[1] - BOX_AREA[0]) * torch.rand(count, generator=gen, device=dev)
+    aspect = torch.exp((torch.rand(count, generator=gen, device=dev) - 0.5) * 2 * 0.5)  # e^[-0.5, 0.5]
+    bh = (h * (area * aspect).sqrt()).round().clamp(1, h).long()
+    bw = (w * (area / aspect).sqrt()).round().clamp(1, w).long()
+    top = (torch.rand(count, generator=gen, device=dev) * (h - bh + 1)).long()
+    left = (torch.rand(count, generator=gen, device=dev) * (w - bw + 1)).long()
+    rows, cols = torch.arange(h, device=dev), torch.arange(w, device=dev)
+    inside = (((rows[None] >= top[:, None]) & (rows[None] < (top + bh)[:, None]))[:, :, None]
+              & ((cols[None] >= left[:, None]) & (cols[None] < (left + bw)[:, None]))[:, None, :])
+    return torch.where(inside[:, None].to(x.device), b, a)
+
+
+def training_views(x: torch.Tensor, count: int = PROBES, seed: int = 0) -> torch.Tensor:
+    """`count` views of the kind the book's recipe trains on: a crop and flip of a shot blended with another
+    by a uniform weight (mixup). Agreement on these measures fit, not what a held-out image would see."""
+    gen = generator(derive_seed(seed, PROBE_SALT + 1), x.device)
+    a, b = _pairs(x, count, gen)
+    lam = torch.rand(count, generator=gen, device=gen.device).to(x.device).view(-1, 1, 1, 1)
+    return lam * a + (1 - lam) * b
+
+
+def teacher_agreement(student: nn.Module, teacher: nn.Module, images: torch.Tensor,
+                      teacher_pred: torch.Tensor | None = None) -> float:
+    """Share (%) of `images` on which the student's top class is the teacher's (`teacher_pred` if already known)."""
+    if teacher_pred is None:
+        teacher_pred = predict(teacher, images).argmax(1)
+    return (predict(student, images).argmax(1) == teacher_pred).float().mean().item() * 100
+
+
+def label_free_score(student: nn.Module, teacher: nn.Module, x: torch.Tensor, seed: int = 0,
+                     count: int = PROBES) -> float:
+    """Agreement (%) of student and teacher on `count` CutMix probes of the shots `x`: higher is better, and it
+    reads neither a label nor an image beyond the N shots."""
+    return teacher_agreement(student, teacher, probe_images(x, count, seed))

@@ -44,7 +44,8 @@ class Profile:
             have = sorted(k for k in self.recipes if k.startswith(f"{recipe_family(teacher)}/{dataset}/"))
             raise ValueError(f"profile {self.name!r} has no {method!r} recipe for the {recipe_family(teacher)} "
                              f"family's teachers on {dataset}"
-                             + (f"; it has {', '.join(have)}" if have else ""))
+                             + (f"; it has {', '.join(have)}" if have else "")
+                             + "; nbgraft.profiles.transfer_recipe() is the recipe for a family nobody tuned on")
         return self.recipes[key]
 
     def graft_for(self, dataset: str, teacher: str = "vgg16", method: str = "netgraft") -> GraftSchedule:
@@ -180,6 +181,15 @@ PROFILES: dict[str, Profile] = {
         test_limit=500,
     ),
 }
+
+
+def transfer_recipe(profile="cpu", method: str = "netgraft"):
+    """The recipe for a data set or teacher family nobody tuned on: the one chosen on CIFAR-10's VGG16, unchanged
+    (chapter 5's "What choosing costs" measures what carrying it to CIFAR-100 and the ResNet-56 costs)."""
+    return get_profile(profile).recipe(method, *TRANSFER_SOURCE)
+
+
+TRANSFER_SOURCE = ("cifar10", "vgg16")  # (data set, teacher) the carried-over recipe was chosen on
 
 
 def schedule_for(table: dict, profile, what: str):

@@ -24,7 +24,7 @@ EXPECTED = {
     "03": (["03_block_losses", "03_block_accuracy", "03_first_block"], ["03_blocks"]),
     "04": (["04_chain_accuracy", "04_net_losses", "04_student_vs_baselines"],
            ["04_chain", "04_student_vs_baselines", "04_compression", "04_fold_check"]),
-    "05": (["05_results"], ["05_results", "05_comparisons"]),
+    "05": (["05_results", "05_selection"], ["05_results", "05_comparisons", "selection", "selection_grid"]),
     "06": (["06_accuracy_vs_shots", "06_ablations"], ["06_sweep", "06_ablations", "06_comparisons", "robustness"]),
     "08": (["08_resnet_results", "08_resnet_units", "08_speed_frontier"],
            ["08_resnet_results", "08_resnet_units", "08_resnet_compression", "speed"]),
@@ -41,7 +41,10 @@ TINY_PARAMETERS = {"shots": [1, 2], "seeds": [0, 1], "control_seeds": {"cifar10"
                                         "methods": ["netgraft", "all_at_once", "pruned_kd"]} for t in (0, 1)],
                    # chapter 8's faster students: the book's and one that drops blocks
                    "speed": True, "speed_students": ["width: stage 3 inside 28/64", "drop: 2 of 3 blocks per unit"],
-                   "speed_shots": [1], "speed_seeds": [0, 1]}
+                   "speed_shots": [1], "speed_seeds": [0, 1],
+                   # chapter 5's choices with and without labels, on a grid at N=1 of both data sets' VGG16
+                   "choose_without_labels": True,
+                   "selection_settings": [["cifar10", "vgg16", [1]], ["cifar100", "vgg16", [1]]]}
 
 
 def chapter_ids():

@@ -36,7 +36,9 @@ _LENGTH_FIELDS = ("block_epochs", "net_epochs", "steps", "copies")
 def _scaled(value, factor: float, whole: bool):
     if isinstance(value, tuple):
         return tuple(_scaled(v, factor, whole) for v in value)
-    return max(1, round(value * factor)) if whole else value * factor
+    if not whole:
+        return value * factor
+    return max(1, round(value * factor)) if value else 0  # a stage the recipe skips stays skipped
 
 
 def overrides(sched, lr_scale: float, length: float) -> dict:
