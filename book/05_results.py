@@ -213,7 +213,8 @@ display(Markdown(
 # validation accuracy wins (or the shortest configuration within half a point of it, less than the
 # validation pool's standard error). The table below is the grid as it was run, around the recipes the
 # profile held then, with each point's learning rate and length in plain numbers; the profile now holds
-# each winner. The budgets were not otherwise equal, and the table says where:
+# each winner unless its line below says otherwise. The budgets were not otherwise equal, and the table
+# says where:
 #
 # - the book's NetGraft recipe also got a search over its ingredients (start from the teacher, the
 #   feature loss, mixup: chapter 6 takes them apart) and CIFAR-100 lengths of its own (its blocks stop
@@ -248,9 +249,14 @@ else:
                          "by rows, length scale by columns."))
         display(g.groupby(["method", "lr_scale", "length"], sort=False)["val_accuracy_mean_over_n"].first()
                 .unstack("length").round(2))
+        now = {m: tuning.profile_point(prof, m, ds, t) for m in best.index}
         display(Markdown("Chosen on the validation pool: " + "; ".join(
             f"{report.METHOD_LABELS[m]}: learning rates x{r.lr_scale:g} (main rate {r.lr_value:.3g}), length "
-            f"x{r.length:g} ({r.length_value}), {r.val_accuracy_mean_over_n:.2f}%" for m, r in best.iterrows()) + "."))
+            f"x{r.length:g} ({r.length_value}), {r.val_accuracy_mean_over_n:.2f}%"
+            + ("" if now[m]["length_value"] == r.length_value and abs(now[m]["lr_value"] - r.lr_value)
+               <= 1e-3 * r.lr_value else
+               f" (not in the profile, which still holds main rate {now[m]['lr_value']:.3g}, {now[m]['length_value']})")
+            for m, r in best.iterrows()) + "."))
     edge = tuning.on_edge(grid)
     edge = edge[edge.edges != ""]
     display(Markdown("Every winner lies inside its grid." if edge.empty else

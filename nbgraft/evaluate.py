@@ -143,7 +143,7 @@ def _pairs(x: torch.Tensor, count: int, gen: torch.Generator) -> tuple[torch.Ten
 
 
 def probe_images(x: torch.Tensor, count: int = PROBES, seed: int = 0) -> torch.Tensor:
-    """`count` CutMix blends of the normalised shots `x` (N, C, H, W), the same for a given seed on any device."""
+    """`count` CutMix blends of the normalised shots `x` (N, C, H, W), the same for a given seed and device type."""
     if len(x) < 2:
         raise ValueError(f"label-free probes blend two different images; got {len(x)} (give at least two shots)")
     gen = generator(derive_seed(seed, PROBE_SALT), x.device)

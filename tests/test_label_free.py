@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from nbgraft import evaluate as L
+from nbgraft import evaluate as E
 from nbgraft.runs import selection as S
 from nbgraft.runs import tuning
 
@@ -17,9 +17,9 @@ def _shots(k: int) -> torch.Tensor:
 
 def test_each_probe_pastes_a_box_of_one_shot_into_another_and_replays_by_seed():
     x = _shots(5)
-    p = L.probe_images(x, 256, seed=3)
+    p = E.probe_images(x, 256, seed=3)
     assert p.shape == (256, 3, 32, 32)
-    assert torch.equal(p, L.probe_images(x, 256, seed=3)) and not torch.equal(p, L.probe_images(x, 256, seed=4))
+    assert torch.equal(p, E.probe_images(x, 256, seed=3)) and not torch.equal(p, E.probe_images(x, 256, seed=4))
     for img in p:
         values = set(img.unique().tolist()) - {0.0}
         assert len(values) == 2  # two different shots in every probe, never one shot alone
@@ -27,7 +27,7 @@ def test_each_probe_pastes_a_box_of_one_shot_into_another_and_replays_by_seed():
         shares = [(img[0] == v).float().mean().item() for v in values]
         assert all(0.02 <= share <= 0.76 for share in shares), shares
     with pytest.raises(ValueError, match="at least two"):
-        L.probe_images(x[:1])
+        E.probe_images(x[:1])
 
 
 def test_the_teacher_agrees_with_itself_everywhere_and_a_different_network_less():
@@ -39,10 +39,10 @@ def test_the_teacher_agrees_with_itself_everywhere_and_a_different_network_less(
 
     teacher, other = net(), net()
     x = torch.randn(20, 3, 32, 32)
-    assert L.label_free_score(teacher, teacher, x) == 100.0
-    score = L.label_free_score(other, teacher, x)
+    assert E.label_free_score(teacher, teacher, x) == 100.0
+    score = E.label_free_score(other, teacher, x)
     assert 0.0 <= score < 100.0
-    assert L.teacher_agreement(other, teacher, L.training_views(x, 64)) < 100.0
+    assert E.teacher_agreement(other, teacher, E.training_views(x, 64)) < 100.0
 
 
 def _grid(val, free):
@@ -74,6 +74,9 @@ def test_a_carried_over_recipe_is_the_source_recipe_with_the_target_reporting():
 def test_a_grid_point_skipping_a_stage_keeps_skipping_it():
     sched = tuning.get_profile("cpu").recipe("netgraft", "cifar10", "resnet56")
     assert tuning.overrides(sched, 1.0, 2.0)["net_epochs"] == (0,)
+    # the profile's own point in the grid's plain numbers (how chapter 5 tells a winner the profile holds)
+    assert tuning.profile_point("cpu", "netgraft", "cifar10", "resnet56") == {"lr_value": 1e-3,
+                                                                             "length_value": "150 + 0 epochs"}
 
 
 def test_the_selection_table_on_a_tiny_grid(data_root, tiny_outputs, monkeypatch):

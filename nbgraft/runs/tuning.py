@@ -126,6 +126,12 @@ def _extend(lrs: list, lengths: list, table: pd.DataFrame, method: str) -> bool:
     return grew
 
 
+def profile_point(profile, method: str, dataset: str, teacher: str) -> dict:
+    """The profile's current recipe of `method` in the grid's plain numbers (main learning rate, length), to tell
+    whether a grid's winner is what the profile holds."""
+    return _absolute(get_profile(profile).recipe(method, dataset, teacher), {})
+
+
 TIE_POINTS = 0.5  # within this many points of the best, the shortest configuration wins (less than the
 # standard error of an accuracy on the 1,000 validation images, about 1 point)
 
