@@ -76,6 +76,15 @@ def _teacher_of(settings, dataset: str, label: str) -> str:
     return next(t for d, t, _ in settings if d == dataset and teacher_label(check_teacher(t, d)) == label)
 
 
+def _point(settings, profile, r) -> tuple[str, dict]:
+    """(teacher, schedule overrides) of a row of the grid or of the choices: its grid point, or for a carried-over
+    choice the source's recipe."""
+    teacher = _teacher_of(settings, r.dataset, r.teacher)
+    if getattr(r, "selection", None) == "transferred":
+        return teacher, transferred_overrides(profile, r.dataset, teacher)
+    return teacher, grid_overrides(profile, r.dataset, teacher, r.lr_scale, r.length)
+
+
 def selection_grid(profile="cpu", settings=SETTINGS, *, run: bool = True, extend: bool = True, data_root=None,
                    output_root=None, device=None) -> pd.DataFrame | None:
     """The tuning grid of the book's recipe for every setting (grown past a labelled choice on its edge, as
@@ -98,20 +107,16 @@ def selection_grid(profile="cpu", settings=SETTINGS, *, run: bool = True, extend
         grid = pd.read_csv(path)
         keep = [(d, teacher_label(check_teacher(t, d))) for d, t, _ in settings]
         grid = grid[[(d, t) in keep for d, t in zip(grid.dataset, grid.teacher)]]
-        def is_done(r) -> bool:
-            teacher = _teacher_of(settings, r.dataset, r.teacher)
-            return run_entry(METHOD, r.dataset, r.shots, r.seed, profile, teacher=teacher, data_root=data_root,
-                             output_root=output_root,
-                             **grid_overrides(profile, r.dataset, teacher, r.lr_scale, r.length)).done
-
-        if grid.empty or not all(is_done(r) for r in grid.itertuples()):
+        if grid.empty or not all(
+                run_entry(METHOD, r.dataset, r.shots, r.seed, profile, teacher=teacher, data_root=data_root,
+                          output_root=output_root, **over).done
+                for r in grid.itertuples() for teacher, over in [_point(settings, profile, r)]):
             return None
     grid = grid[TUNING_COLUMNS]
     rows = []
     for r in grid.itertuples(index=False):
-        teacher = _teacher_of(settings, r.dataset, r.teacher)
-        m = graft_seeds(r.dataset, r.shots, [r.seed], profile, teacher=teacher,
-                        **grid_overrides(profile, r.dataset, teacher, r.lr_scale, r.length), **kw)[0]
+        teacher, over = _point(settings, profile, r)
+        m = graft_seeds(r.dataset, r.shots, [r.seed], profile, teacher=teacher, **over, **kw)[0]
         rows.append({**r._asdict(), "cache_key": m["cache_key"], **_scores(m, profile, teacher, kw)})
     out = pd.DataFrame(rows)
     save_table(out, GRID_TABLE, output_root)
@@ -148,18 +153,18 @@ def selection_runs(grid: pd.DataFrame, profile="cpu", settings=SETTINGS, seeds=S
             extra.append({"dataset": dataset, "teacher": teacher_label(check_teacher(teacher, dataset)), "shots": n,
                           "selection": "transferred", "lr_scale": float("nan"), "length": float("nan")})
     picked = pd.concat([picked, pd.DataFrame(extra)], ignore_index=True)
-    runs, over_of = [], []
-    for r in picked.itertuples():
-        teacher = _teacher_of(settings, r.dataset, r.teacher)
-        over = (transferred_overrides(profile, r.dataset, teacher) if r.selection == "transferred" else
-                grid_overrides(profile, r.dataset, teacher, r.lr_scale, r.length))
-        over_of.append(", ".join(f"{k}={v}" for k, v in sorted(over.items())) or "the profile's recipe")
-        if not run and not all(run_entry(METHOD, r.dataset, r.shots, s, profile, teacher=teacher, data_root=data_root,
-                                         output_root=output_root, **over).done for s in seeds):
-            return picked.assign(overrides=over_of + [""] * (len(picked) - len(over_of))), None
+    points = [_point(settings, profile, r) for r in picked.itertuples()]
+    picked = picked.assign(overrides=[", ".join(f"{k}={v}" for k, v in sorted(over.items())) or "the profile's recipe"
+                                      for _, over in points])
+    if not run and not all(run_entry(METHOD, r.dataset, r.shots, s, profile, teacher=t, data_root=data_root,
+                                     output_root=output_root, **over).done
+                           for (t, over), r in zip(points, picked.itertuples()) for s in seeds):
+        return picked, None
+    runs = []
+    for (teacher, over), r in zip(points, picked.itertuples()):
         for m in graft_seeds(r.dataset, r.shots, list(seeds), profile, teacher=teacher, **over, **kw):
             runs.append({**m, "selection": r.selection})
-    return picked.assign(overrides=over_of), runs
+    return picked, runs
 
 
 def selection_table(picked: pd.DataFrame, runs: list[dict], output_root=None) -> pd.DataFrame:
