@@ -205,8 +205,9 @@ display(Markdown(" ".join(
 #
 # Parameters and multiply-accumulates (MACs, convolutions and linear layers, one 32x32 image)
 # are counted on the models; latency is the median wall time of a forward pass on this
-# machine's CPU, measured here, for one image and for a batch of 128. The student is the folded
-# student of the N=max run of the first seed, reloaded from the cache.
+# machine's CPU, measured here, for one image and for a batch of 128, the teacher with its BatchNorms
+# folded into its convolutions (as a deployment runs it, and as the student's own layers are). The student is
+# the folded student of the N=max run of the first seed, reloaded from the cache.
 
 # %%
 m = next(r for r in runs if r["shots"] == n and r["seed"] == seeds[0])

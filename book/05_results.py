@@ -253,10 +253,9 @@ else:
         display(Markdown("Chosen on the validation pool: " + "; ".join(
             f"{report.METHOD_LABELS[m]}: learning rates x{r.lr_scale:g} (main rate {r.lr_value:.3g}), length "
             f"x{r.length:g} ({r.length_value}), {r.val_accuracy_mean_over_n:.2f}%"
-            + ("" if now[m]["length_value"] == r.length_value and abs(now[m]["lr_value"] - r.lr_value)
-               <= 1e-3 * r.lr_value else
+            + ("" if tuning.profile_holds(prof, r) else
                f" (not in the profile, which still holds main rate {now[m]['lr_value']:.3g}, {now[m]['length_value']})")
-            for m, r in best.iterrows()) + "."))
+            for m, r in best.reset_index().set_index("method", drop=False).iterrows()) + "."))
     edge = tuning.on_edge(grid)
     edge = edge[edge.edges != ""]
     display(Markdown("Every winner lies inside its grid." if edge.empty else

@@ -202,6 +202,8 @@ display(Markdown("Each method against the book's recipe on the same draws (point
 # %% tags=["hide-input"]
 from pathlib import Path  # noqa: E402
 
+from nbgraft.runs import tuning  # noqa: E402
+
 tuning_csv = Path(output_root) / "tables" / "tuning.csv"
 tuned_on = set()  # (method, teacher, data set) whose recipe was chosen on that setting's own validation pool
 if tuning_csv.is_file():
@@ -238,6 +240,23 @@ if {"pruned_kd", "kd_inherited"} <= set(runs.method):
                 + ". The paper's recipe (random blocks again) stays " + ", ".join(
                     f"{-r.diff_vs_netgraft:.1f}" for r in table[table.method == "netgraft_paper"].itertuples())
                 + " points below the book's in the same settings.")
+    short = []  # where kd_inherited runs shorter or at another rate than its own grid chose (chapter 5's table)
+    if tuning_csv.is_file():
+        grid = tuning.choices(t_)
+        edges = tuning.on_edge(grid).set_index(["teacher", "dataset", "method"])["edges"]
+        chosen = grid[grid.chosen & (grid.method == "kd_inherited")].drop_duplicates(["teacher", "dataset"])
+        for r in chosen.itertuples():
+            if not tuning.profile_holds(prof, r):
+                now = tuning.profile_point(prof, "kd_inherited", r.dataset, r.teacher)
+                edge = edges.get((r.teacher, r.dataset, "kd_inherited"), "")
+                short.append(f"{setting(r.teacher, r.dataset)}: the book runs {now['length_value']} at rate "
+                             f"{now['lr_value']:.3g}, its grid chose {r.length_value} at {r.lr_value:.3g} "
+                             f"({r.val_accuracy_mean_over_n:.1f}% mean validation accuracy"
+                             + (f", on the grid's {edge} edge" if edge else "") + ")")
+    if short:
+        text.append("These `kd_inherited` runs are not at the schedule its grid chose on the validation pool: "
+                    + "; ".join(short) + ". Where the chosen schedule scores higher on the pool, the differences "
+                    "above overstate what starting from the teacher is worth.")
 for m in field:
     worse, better, same = where(m, {"worse"}), where(m, {"better"}), where(m, {"equivalent"})
     text.append(f"**{label(m)}** against the book's recipe: worse in {len(worse)}, equivalent in {len(same)}, "

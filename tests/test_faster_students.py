@@ -1,6 +1,8 @@
 """Students that drop residual blocks: their layout, which blocks the few-shot images choose, a start from the
 teacher that is exact where the dropped blocks do nothing, and the speed table's columns."""
 
+import json
+
 import pytest
 import torch
 
@@ -99,3 +101,52 @@ def test_the_speed_table_has_its_columns_and_measures_what_it_says(data_root, tm
     drop = table.set_index("student").loc["drop"]
     assert drop.macs_ratio == pytest.approx(18 / 27, abs=0.01) and drop.params_ratio < 0.75
     assert (table[["cpu_speedup_b1", "cpu_speedup_b128"]] > 0).all().all()
+
+
+def test_the_command_line_grafts_a_student_of_its_options(data_root, tmp_path, capsys):
+    """`nbgraft graft --student JSON` grafts that student (chapter 8's faster one here); options the family's student
+    does not take, or text that is not a JSON object, are refused with what to write instead."""
+    from nbgraft.cli import main
+
+    if not PUBLISHED.is_file():
+        pytest.skip(f"the published ResNet-56 is not at {PUBLISHED}")
+    common = ["graft", "--teacher", "resnet56", "--shots", "1", "--profile", "tiny", "--device", "cpu",
+              "--data-root", str(data_root), "--output-root", str(tmp_path)]
+    assert main([*common, "--student", '{"unit_blocks": [1, 3, 3]}', "--json"]) == 0
+    out = capsys.readouterr().out
+    m = json.loads(out[out.index("\n[") + 1:])[0]
+    assert m["student_spec"]["unit_blocks"] == [1, 3, 3] and m["student_params"] < m["teacher_params"]
+    assert main([*common, "--student", '{"depth_of_field": 3}']) == 2
+    assert "takes no options ['depth_of_field']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*common, "--student", "[2, 2, 3]"])
+    assert "--student takes a JSON object" in capsys.readouterr().err
+
+
+def test_the_teacher_is_timed_with_its_batchnorms_folded():
+    """fold_batchnorms: the same outputs with no BatchNorm left (a ResNet-56 and a VGG16 with BN statistics away from
+    their defaults), the original untouched; a network whose BatchNorm does not follow the conv before it raises."""
+    from nbgraft.models import fold_batchnorms
+    from nbgraft.models import vgg
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 32, 32)
+    for spec in (R.teacher_spec(56), vgg.teacher_spec(10, 0.25, batch_norm=True)):
+        net = randomise_bn(build(spec))
+        want = net(x)
+        folded = fold_batchnorms(net, x)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+        assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+        torch.testing.assert_close(folded(x), want, rtol=0, atol=_float_tol(want, len(net)))
+
+    class NormFirst(torch.nn.Module):  # conv registered first, but its BatchNorm normalises the input
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+            self.bn = torch.nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            return self.conv(self.bn(x))
+
+    with pytest.raises(ValueError, match="time it unfolded"):
+        fold_batchnorms(randomise_bn(NormFirst()), x)

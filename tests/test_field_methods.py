@@ -168,3 +168,27 @@ def test_the_methods_grid_holds_every_row_the_methods_table_promises():
     assert cells == {(*p, m) for p in promised for m in methods}
     assert all(len({r.seed for r in runs if (r.teacher, r.dataset, r.shots, r.method) == c}) >= 3 for c in cells)
     assert S.get_grid("methods").restrict(shots=[1]).runs() == [r for r in runs if r.shots == 1]
+
+
+def test_an_interrupted_tuning_keeps_the_rows_of_every_method_it_did_not_reach(tmp_path, monkeypatch):
+    """A method's earlier rows give way to its new ones only once it has some: stopping `nbgraft tune` halfway
+    through its methods leaves the others' rows in the table (their runs are cached, but the table is the record)."""
+    from nbgraft.runs import tuning as T
+
+    (tmp_path / "tables").mkdir()
+    before = pd.DataFrame([{"method": m, "teacher": "vgg16", "dataset": "cifar10", "shots": 1, "seed": 0,
+                            "lr_scale": 1.0, "length": 1.0, "lr_value": 0.1, "length_value": "600 steps",
+                            "val_accuracy": 60.0, "wall_s": 1.0} for m in ("kd", "scratch")])
+    before.to_csv(tmp_path / "tables" / "tuning.csv", index=False)
+
+    def fake_run(method, *args, **kw):
+        if method == "scratch":
+            raise KeyboardInterrupt
+        return {"val_accuracy": 70.0, "wall_s": 1.0}
+
+    monkeypatch.setattr(T, "run_method", fake_run)
+    with pytest.raises(KeyboardInterrupt):
+        T.run_tuning(["kd", "scratch"], "cifar10", "tiny", output_root=tmp_path, extend=False)
+    table = pd.read_csv(tmp_path / "tables" / "tuning.csv")
+    assert set(table[table.method == "kd"].val_accuracy) == {70.0} and (table.method == "kd").sum() == 18
+    assert list(table[table.method == "scratch"].val_accuracy) == [60.0]

@@ -71,11 +71,18 @@ def run_tuning(methods=METHODS, dataset: str = "cifar10", profile="cpu", *, teac
     written for other methods, data sets or teachers are kept."""
     profile, label = get_profile(profile), teacher_label(check_teacher(teacher, dataset))
     path = Path(output_root if output_root is not None else default_output_root()) / "tables" / f"{table_name}.csv"
-    kept = pd.read_csv(path) if path.is_file() else pd.DataFrame()
-    if len(kept):
-        kept = kept[~(kept["method"].isin(methods) & (kept["dataset"] == dataset) & (kept["teacher"] == label))]
-        kept = kept[[c for c in kept.columns if c not in ("val_accuracy_mean_over_n", "chosen")]]
+    before = pd.read_csv(path) if path.is_file() else pd.DataFrame()
+    before = before[[c for c in before.columns if c not in ("val_accuracy_mean_over_n", "chosen")]]
     rows: list[dict] = []
+
+    def merged() -> pd.DataFrame:
+        """The table so far: a method's earlier rows for this data set and teacher give way to its new ones only
+        once it has some (an interrupted tuning loses no method's rows)."""
+        new = {r["method"] for r in rows}
+        if not len(before):
+            return pd.DataFrame(rows)
+        old = before[~(before["method"].isin(new) & (before["dataset"] == dataset) & (before["teacher"] == label))]
+        return pd.concat([old, pd.DataFrame(rows)], ignore_index=True)
 
     def run(method, lr, length, n):
         sched = profile.recipe(method, dataset, teacher)
@@ -85,7 +92,7 @@ def run_tuning(methods=METHODS, dataset: str = "cifar10", profile="cpu", *, teac
         rows.append({"method": method, "teacher": label, "dataset": dataset, "shots": n, "seed": seed,
                      "lr_scale": round(lr, 4), "length": length, **_absolute(sched, over),
                      "val_accuracy": m["val_accuracy"], "wall_s": m["wall_s"]})
-        save_table(pd.concat([kept, pd.DataFrame(rows)], ignore_index=True), table_name, output_root)
+        save_table(merged(), table_name, output_root)
 
     bar = progress(desc="tuning", leave=True)
     for method in methods:
@@ -99,7 +106,7 @@ def run_tuning(methods=METHODS, dataset: str = "cifar10", profile="cpu", *, teac
             if not extend or not _extend(lrs, lengths, choices(pd.DataFrame(rows)), method):
                 break
     bar.close()
-    return choices(pd.concat([kept, pd.DataFrame(rows)], ignore_index=True))
+    return choices(merged())
 
 
 MAX_EXTENSIONS = 3  # rounds of grid growth per method
@@ -130,6 +137,12 @@ def profile_point(profile, method: str, dataset: str, teacher: str) -> dict:
     """The profile's current recipe of `method` in the grid's plain numbers (main learning rate, length), to tell
     whether a grid's winner is what the profile holds."""
     return _absolute(get_profile(profile).recipe(method, dataset, teacher), {})
+
+
+def profile_holds(profile, row) -> bool:
+    """Whether the profile's recipe is the grid point `row` (a `choices` row: its main learning rate and length)."""
+    now = profile_point(profile, row.method, row.dataset, row.teacher)
+    return now["length_value"] == row.length_value and abs(now["lr_value"] - row.lr_value) <= 1e-3 * row.lr_value
 
 
 TIE_POINTS = 0.5  # within this many points of the best, the shortest configuration wins (less than the
