@@ -17,7 +17,6 @@ import torch
 from ..cache import cached
 from ..device import machine
 from ..evaluate import count_flops, count_params, cpu_latency_ms
-from ..models import fold_batchnorms
 from .netgraft import graft_seeds, load_student
 from .setting import run_entry
 
@@ -69,18 +68,17 @@ def cpu_speedup(teacher: torch.nn.Module, student: torch.nn.Module, batch_size: 
 def speed_table(runs: list[dict], teacher: torch.nn.Module, output_root=None, rounds: int = 5) -> pd.DataFrame:
     """speed.csv's rows: per student and N, accuracy over seeds, and per student its size, MACs and measured CPU
     speed-ups over `teacher` at batch 1 and 128 (its folded student of the first run; every seed has the same
-    architecture). The teacher is timed with its BatchNorms folded into its convs (`fold_batchnorms`), as the
+    architecture). The teacher is timed with its BatchNorms folded into its convs (`cpu_latency_ms`), as the
     BN-free students are: folding alone, free to anyone, makes the ResNet-56 about 1.1x faster on a CPU."""
     df = pd.DataFrame(runs)
     measured = {}
-    deployed = fold_batchnorms(teacher)
     for name, first in df.groupby("student", sort=False).head(1).set_index("student").iterrows():
         def measure(first=first) -> dict:
             student = load_student(first.to_dict(), output_root, device="cpu")
             return {"params_ratio": count_params(student) / count_params(teacher),
                     "macs_ratio": count_flops(student) / count_flops(teacher),
-                    "cpu_speedup_b1": cpu_speedup(deployed, student, 1, rounds, repeats=20),
-                    "cpu_speedup_b128": cpu_speedup(deployed, student, 128, rounds)}
+                    "cpu_speedup_b1": cpu_speedup(teacher, student, 1, rounds, repeats=20),
+                    "cpu_speedup_b128": cpu_speedup(teacher, student, 128, rounds)}
 
         # timed once per student and CPU (a cached re-run of the book reads the timings back)
         m = cached("speed_timing", {"student_run": first.cache_key, "teacher": first.teacher, "rounds": rounds,
