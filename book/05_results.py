@@ -65,6 +65,7 @@ from IPython.display import Markdown, display
 from nbgraft import plots
 from nbgraft.runs import compare as C
 from nbgraft.runs import report
+from nbgraft.runs import tuning
 from nbgraft.runs.experiments import check_parameters
 from nbgraft.profiles import PROFILES, get_profile
 
@@ -155,7 +156,7 @@ for (ds, n), sub in versus.groupby(["dataset", "shots"], sort=False):
         f"teacher's {teacher_acc[ds]:.2f}%: " + C.sentence(to_teacher, "NetGraft minus the teacher")
         + ("; within the margin of its teacher" if to_teacher.verdict == "equivalent" else "")
         + ". NetGraft minus " + "; ".join(others) + ".")
-lines += report.untrained_controls(fidelity)  # a control that did not train is no control
+lines += report.untrained_controls(fidelity, tuning.tuned_recipes(prof, output_root))  # an untrained control is none
 reach = versus[versus.compared_with == "teacher"]
 display(Markdown("\n".join(lines) + "\n\n" + (
     "**The student reaches its teacher within the margin** at " + ", ".join(
@@ -219,7 +220,8 @@ display(Markdown(
 # - the book's NetGraft recipe also got a search over its ingredients (start from the teacher, the
 #   feature loss, mixup: chapter 6 takes them apart) and CIFAR-100 lengths of its own (its blocks stop
 #   improving on CIFAR-100's pool after about 20 epochs), while the baselines' CIFAR-100 runs reuse their
-#   CIFAR-10 choices;
+#   CIFAR-10 choices, except `kd`, which runs its own grid's choice there (at CIFAR-10's it stayed at chance),
+#   and `kd_inherited`, whose CIFAR-100 grid ran but whose choice (8x the steps) is not in the profile;
 # - a winner on the edge of its grid (the longest length, the lowest or highest rate) may not be the
 #   best the method can do; `nbgraft tune` now grows the grid past such an edge (`extend`), and the
 #   methods of chapter 9 were tuned that way. The lines below name every winner still on an edge.
@@ -230,7 +232,6 @@ display(Markdown(
 # %% tags=["hide-input"]
 from pathlib import Path  # noqa: E402
 
-from nbgraft.runs import tuning  # noqa: E402
 
 tuning_csv = Path(output_root) / "tables" / "tuning.csv"
 if tune:
@@ -259,7 +260,8 @@ else:
     edge = tuning.on_edge(grid)
     edge = edge[edge.edges != ""]
     display(Markdown("Every winner lies inside its grid." if edge.empty else
-                     "Winners on the edge of their grid (a better point may lie beyond; not yet extended): " + "; ".join(
+                     "Winners on the edge of their grid (a better point may lie beyond: each grid grew only as many "
+                     "rounds as `nbgraft tune --extensions` allowed): " + "; ".join(
                          f"{report.METHOD_LABELS[r.method]} ({r.teacher}, {r.dataset}): {r.edges}"
                          for r in edge.itertuples()) + "."))
 

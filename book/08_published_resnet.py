@@ -56,6 +56,7 @@ from torch import nn
 
 from nbgraft import plots
 from nbgraft.runs import report
+from nbgraft.runs import tuning
 from nbgraft.evaluate import accuracy, compression_table, count_flops, count_params, predict
 from nbgraft.runs.experiments import check_parameters, load_student, prepare, student_spec_for
 from nbgraft.models import family
@@ -177,7 +178,7 @@ for n in shots:
         if (m, n) in acc.index:
             line += f"; {report.METHOD_LABELS[m]} {acc.loc[(m, n)].accuracy_mean:.2f}%"
     lines.append("- " + line + ".")
-lines += report.untrained_controls(fidelity)  # a control that did not train is no control
+lines += report.untrained_controls(fidelity, tuning.tuned_recipes(prof, output_root))  # an untrained control is none
 display(Markdown("\n".join(lines) + "\n\nThe paper's recipe and the baselines ran on "
                  f"{len(paper_seeds)} and {len(baseline_seeds)} seed(s) here (parameters `paper_seeds`, "
                  "`baseline_seeds`); their spread is not shown where there is a single seed."))

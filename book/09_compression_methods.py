@@ -21,8 +21,9 @@
 # *pruned* teacher, and recovering a pruned network from a handful of images is a field of its own. This
 # chapter runs that field's methods on **exactly the book's students** (the same kept channels, the same
 # teacher-initialised weights, the same draws, the same augmentation and image budget), each tuned on the
-# validation pool with the same grid as every other method (`nbgraft tune`; no winner on the edge of its
-# grid), so the question can be answered: is it progressive grafting, or the teacher's channels, that
+# validation pool with the same grid as every other method (`nbgraft tune`; chapter 5 lists every winner
+# still on an edge of its grid, and below each method says on which settings its recipe is its grid's
+# choice), so the question can be answered: is it progressive grafting, or the teacher's channels, that
 # closes the gap?
 #
 # | method | what it does to the pruned student | source |
@@ -205,10 +206,11 @@ from pathlib import Path  # noqa: E402
 from nbgraft.runs import tuning  # noqa: E402
 
 tuning_csv = Path(output_root) / "tables" / "tuning.csv"
-tuned_on = set()  # (method, teacher, data set) whose recipe was chosen on that setting's own validation pool
+# (method, teacher, data set) whose recipe is what its grid chose on that setting's validation pool -> the edges of
+# that grid its choice lies on ("" inside)
+tuned_on = tuning.tuned_recipes(prof, output_root)
 if tuning_csv.is_file():
     t_ = pd.read_csv(tuning_csv)
-    tuned_on = set(zip(t_.method, t_.teacher, t_.dataset))
 
 
 def verdicts(method: str, tuned_only: bool = False) -> pd.Series:
@@ -311,54 +313,48 @@ if any(beaten.values()):
                "Training all at once closes the gap, in part or whole, with the book's own losses; it is the whole-student "
                "recovery, not grafting block by block, that wins here, and the book keeps NetGraft as its recipe "
                "(the subject of the book), with this row saying where it is not the best."))
-elif grad and any(len(verdicts(m, True)) for m in grad):
-    def tuned_where(m, kinds):
-        return [f"{setting(t, d)} N={n}" for (t, d, n), x in verdicts(m, True).items() if x in kinds]
-
-    best = max(grad, key=lambda m: (len(tuned_where(m, {"equivalent"})), -len(tuned_where(m, {"worse"}))))
-    v = verdicts(best, True)
-    keys = list(v.index)
-    eq, worse, open_ = (tuned_where(best, {k}) for k in ("equivalent", "worse", "not settled"))
-    rows = table.set_index(["teacher", "dataset", "shots", "method"])
-    gap = [-rows.loc[(*k, "kd_inherited"), "diff_vs_netgraft"] for k in keys if (*k, "kd_inherited") in rows.index]
-    ratio = [rows.loc[(*k, best), "wall_s_mean"] / rows.loc[(*k, "netgraft"), "wall_s_mean"] for k in keys]
-    others = [m for m in grad if m != best and tuned_where(m, {"worse"})]
-    untuned = sorted({(t, d) for t, d, _ in verdicts(best).index} - {(t, d) for t, d, _ in keys})
-    text.append(
-        "**What closes the gap** (where the field's methods were tuned: "
-        + ", ".join(sorted({setting(t, d) for t, d, _ in keys})) + f"). From the teacher's channels, the student "
-        f"trained end to end on the teacher's outputs ({label(best)}) is equivalent to the book's recipe in "
-        f"{len(eq)} of {len(keys)} settings" + (f", not settled in {', '.join(open_)}" if open_ else "")
-        + (f", worse in {', '.join(worse)}" if worse else ", never resolved below it")
-        + ", and no field method beats the book's recipe"
-        + (f"; without that start the same KD (`kd_inherited`) stays {min(gap):.1f} to {max(gap):.1f} points "
-           "below it" if gap else "")
-        + ". There the teacher's channels are what closes the gap to the teacher; progressive grafting is not "
-        f"needed to reach it, but gets there in {1 / max(ratio):.2f} to {1 / min(ratio):.2f} of the time per run "
-        f"{label(best)} takes."
-        + (" " + "; ".join(f"{label(m)}, which matches only the penultimate features behind the teacher's own "
-                          f"classifier, stays below beyond the margin in {', '.join(tuned_where(m, {'worse'}))}"
-                          for m in others) + "." if others else "")
-        + ("" if not untuned else
-           f" **Untuned settings** ({', '.join(setting(t, d) for t, d in untuned)}): the field's gradient methods "
-           "ran there at a schedule chosen for other methods (`nbgraft.profiles`), and the book's recipe leads "
-           "every field method by " + ", ".join(
-               f"{label(m)} {-table[(table.method == m) & table.teacher.eq(t) & table.dataset.eq(d)].diff_vs_netgraft.max():.1f}"
-               f" to {-table[(table.method == m) & table.teacher.eq(t) & table.dataset.eq(d)].diff_vs_netgraft.min():.1f}"
-               for t, d in untuned for m in field)
-           + " points; those rows compare a tuned recipe with untuned ones and settle nothing about the question.")
-        + (" FSKD's least-squares maps alone, with no gradient step, score " + ", ".join(
+if grad:  # setting by setting: the field method closest to the book's recipe where the field was tuned
+    summary = []
+    for (t, d), sub in panels:
+        tuned = [m for m in grad if (m, t, d) in tuned_on]
+        if not tuned:
+            summary.append(f"- {setting(t, d)}: the field's gradient methods ran at recipes chosen on another "
+                           "setting, untuned here; these rows settle nothing about the question.")
+            continue
+        v = sub.set_index(["method", "shots"])
+        best = max(tuned, key=lambda m: v.loc[m].diff_vs_netgraft.mean())
+        calls = v.loc[best].verdict
+        if all((v.loc[m].verdict == "worse").all() for m in tuned):
+            why = ("every tuned field method stays below the book's recipe beyond the margin at every N: on this "
+                   "network the teacher's channels recovered end to end fall short of grafting block by block, so "
+                   "the start from the teacher is not all that closes the gap here")
+        elif not (calls == "worse").any():
+            why = ("the teacher's channels recovered end to end reach the book's recipe: progressive grafting is "
+                   "not what closes the gap here")
+        else:
+            why = "the closest field method reaches the book's recipe at some N and not at others"
+        cost = v.loc[best].wall_s_mean.mean() / v.loc["netgraft"].wall_s_mean.mean()
+        short = [f"{label(m)} ({tuned_on[(m, t, d)]})" for m in tuned if tuned_on[(m, t, d)]]
+        summary.append(f"- {setting(t, d)}: the closest tuned field method, {label(best)}, " + ", ".join(
+            f"N={n} {r.verdict} ({interval(r)})" for n, r in v.loc[best].iterrows())
+            + f"; {why}. It takes {cost:.2f}x the book's recipe's time per run."
+            + (f" Grid choices still on an edge (a better recipe may lie beyond): {', '.join(short)}." if short else ""))
+    text.append("**What closes the gap, setting by setting** (each field method counts as tuned where its recipe is "
+                "what its own grid chose on that setting's validation pool):\n\n" + "\n".join(summary))
+    if "fskd" in field:
+        text.append("FSKD's least-squares maps alone, with no gradient step, score " + ", ".join(
             f"{report.pm(r.accuracy_mean, r.accuracy_std)}% ({setting(r.teacher, r.dataset)} N={r.shots}; pruned "
             f"start {start_acc.loc[(r.teacher, r.dataset, r.shots), 'mean']:.1f}%)"
             for r in table[table.method == "fskd"].itertuples() if (r.teacher, r.dataset, r.shots) in start_acc.index)
-           + "." if "fskd" in field else ""))
-    if held is not None:  # the same comparison on chapter 6's second teacher
-        again = robust[1][(robust[1].teacher_seed != 0) & (robust[1].comparison == f"{best} - netgraft")]
+            + ".")
+    if held is not None and "pruned_kd" in grad:  # the same comparison on chapter 6's second teacher
+        again = robust[1][(robust[1].teacher_seed != 0) & (robust[1].comparison == "pruned_kd - netgraft")]
         text.append(
-            f"**On a second teacher** (chapter 6: the same recipe trained from another seed), {label(best)} minus the "
-            "book's recipe: " + "; ".join(f"N={r.shots} {r.difference_mean:+.2f} [{r.ci95_low:+.2f}, {r.ci95_high:+.2f}], "
-                                          f"{r.verdict}" for r in again.itertuples())
+            f"**On a second CIFAR-10 teacher** (chapter 6: the same recipe trained from another seed), "
+            f"{label('pruned_kd')} minus the book's recipe: " + "; ".join(
+                f"N={r.shots} {r.difference_mean:+.2f} [{r.ci95_low:+.2f}, {r.ci95_high:+.2f}], {r.verdict}"
+                for r in again.itertuples())
             + (". Where an interval lies above zero, the plain KD of the pruned student is the better of the two on "
-               "that teacher, by less than the margin: NetGraft is not ahead of it on either teacher"
+               "that teacher, by less than the margin: on the VGG16, NetGraft is not ahead of it on either teacher"
                if (again.ci95_low > 0).any() else "") + ".")
 display(Markdown("\n\n".join(text)))

@@ -167,7 +167,8 @@ def cmd_tune(args) -> int:
     from .cache import default_output_root
     from .runs.tuning import run_tuning
 
-    table = run_tuning(args.methods, args.dataset, args.profile, teacher=_teacher(args), **_kw(args))
+    table = run_tuning(args.methods, args.dataset, args.profile, teacher=_teacher(args), extensions=args.extensions,
+                       **_kw(args))
     chosen = table[table.chosen].drop_duplicates("method")
     for r in chosen.itertuples():
         print(f"{r.method:17s} best on the validation pool: learning rates x{r.lr_scale:g}, length x{r.length:g} "
@@ -275,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=fmt)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--dataset", default="cifar10")
+    p.add_argument("--extensions", type=int, default=None, metavar="K",
+                   help="rounds of grid growth past an edge its winner lies on (default: "
+                        "nbgraft.runs.tuning.MAX_EXTENSIONS); each round can double the longest runs")
     teacher_option(p)
     _common(p)
     p.set_defaults(func=cmd_tune)

@@ -274,6 +274,30 @@ def test_untrained_controls_are_named_and_trained_ones_are_not():
     assert "chance 1%" in lines[0] and "reused here untuned" in lines[0]
     assert "lower with more images" in lines[1] and "13.40" in lines[1]
     assert "resnet56" in lines[2] and "probed for this teacher" in lines[2] and "untuned" not in lines[2]
+    tuned = report.untrained_controls(f, {("kd", "vgg16", "cifar100"): "highest rate, longest"})
+    assert "own validation pool" in tuned[0] and "highest rate, longest edge" in tuned[0]
+    assert "untuned" not in tuned[0] and "not a tuned comparison" not in tuned[0] and tuned[1:] == lines[1:]
+
+
+def test_tuned_recipes_are_the_grid_choices_the_profile_holds(tmp_path):
+    """A control counts as tuned on a setting only where the profile runs what its grid chose there."""
+    import pandas as pd
+
+    from nbgraft.profiles import get_profile
+    from nbgraft.runs import tuning as T
+
+    assert T.tuned_recipes("tiny", tmp_path) == {}
+    lr = get_profile("tiny").recipe("kd", "cifar10", "vgg16").lr
+    rows = [{"method": m, "teacher": "vgg16", "dataset": "cifar10", "shots": n, "seed": 0, "lr_scale": scale,
+             "length": length, "lr_value": lr * scale, "length_value": f"{round(20 * length)} steps",
+             "val_accuracy": acc(scale, length), "wall_s": 1.0}
+            for m, acc in (("kd", lambda s_, l_: 60.0 + 10 * l_ - abs(s_ - 1)),  # wins at x1 on the longest length
+                           ("scratch", lambda s_, l_: 60.0 + 10 * (s_ == 3)))  # wins at x3: not what tiny holds
+            for scale in (1 / 3, 1.0, 3.0) for length in (0.5, 1.0, 2.0) for n in (1, 10)]
+    rows = [r for r in rows if not (r["method"] == "kd" and r["length"] == 2.0)]  # x1 at 1.0: the recipe itself
+    (tmp_path / "tables").mkdir()
+    pd.DataFrame(rows).to_csv(tmp_path / "tables" / "tuning.csv", index=False)
+    assert T.tuned_recipes("tiny", tmp_path) == {("kd", "vgg16", "cifar10"): "longest"}
 
 
 @pytest.mark.slow

@@ -192,3 +192,22 @@ def test_an_interrupted_tuning_keeps_the_rows_of_every_method_it_did_not_reach(t
     table = pd.read_csv(tmp_path / "tables" / "tuning.csv")
     assert set(table[table.method == "kd"].val_accuracy) == {70.0} and (table.method == "kd").sum() == 18
     assert list(table[table.method == "scratch"].val_accuracy) == [60.0]
+
+
+@pytest.mark.parametrize("extensions, lengths", [(0, {0.5, 1.0, 2.0}), (1, {0.5, 1.0, 2.0, 4.0}),
+                                                  (None, {0.5, 1.0, 2.0, 4.0, 8.0, 16.0})])
+def test_the_tuning_grid_grows_as_many_rounds_as_asked(tmp_path, monkeypatch, extensions, lengths):
+    """A method whose accuracy keeps rising with length sits on the longest edge after every round: the grid grows
+    `extensions` rounds (MAX_EXTENSIONS by default), and no more."""
+    from nbgraft.runs import tuning as T
+
+    def fake_run(method, dataset, shots, seed, profile, **over):
+        # the tiny recipe's 20 steps at its own rate are best among the rates; longer is always better
+        return {"val_accuracy": 50.0 + over.get("steps", 20) - 5.0 * ("lr" in over), "wall_s": 1.0}
+
+    monkeypatch.setattr(T, "run_method", fake_run)
+    table = T.run_tuning(["kd"], "cifar10", "tiny", output_root=tmp_path, extensions=extensions)
+    assert set(table.length) == lengths and set(table.lr_scale) == {0.3333, 1.0, 3.0}
+    assert T.on_edge(table).edges.item() == "longest"
+    with pytest.raises(ValueError, match="0 or more"):
+        T.run_tuning(["kd"], "cifar10", "tiny", output_root=tmp_path, extensions=-1)

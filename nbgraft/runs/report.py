@@ -132,25 +132,32 @@ def save_fidelity(rows: pd.DataFrame, output_root=None):
     return save_table(table.drop(columns="_o").reset_index(drop=True), "fidelity", output_root)
 
 
-def untrained_controls(fidelity: pd.DataFrame) -> list[str]:
+def untrained_controls(fidelity: pd.DataFrame, tuned: dict | None = None) -> list[str]:
     """Markdown lines naming every baseline of a fidelity table that stays near chance (under 3x) or falls
     as N grows: such a control did not train, so its gap to NetGraft is no tuned comparison. The VGG16's
-    baselines have rates chosen on CIFAR-10's validation pool (CIFAR-100 reuses them); a published teacher's
-    were probed for it (nbgraft.profiles)."""
+    baselines have rates chosen on CIFAR-10's validation pool (CIFAR-100 reuses them) unless `tuned` says
+    otherwise: {(method, teacher, data set): the edges of its own grid its choice lies on ("" inside)} for
+    every control whose recipe is its grid's choice on that setting (nbgraft.runs.tuning)."""
     from ..data import NUM_CLASSES
 
-    lines = []
+    lines, tuned = [], tuned or {}
     rows = fidelity[fidelity["method"].isin(BASELINES)].sort_values("shots")
     for (ds, teacher, m), g in rows.groupby(["dataset", "teacher", "method"], sort=False):
         curve, chance = g["accuracy_mean"].tolist(), 100 / NUM_CLASSES[ds]
         if max(curve) >= 3 * chance and curve[-1] >= curve[0]:
             continue
+        if (m, teacher, ds) in tuned:
+            edge = tuned[(m, teacher, ds)]
+            why = (": it trains poorly even at the schedule its grid chose on this setting's own validation pool"
+                   + (f", on that grid's {edge} edge (a better schedule may lie beyond)" if edge else ""))
+        elif teacher == "vgg16":
+            why = (": it did not train properly at learning rates chosen for the VGG16 on CIFAR-10's validation pool"
+                   + ("" if ds == "cifar10" else ", reused here untuned"))
+        else:
+            why = ": it did not train properly at the learning rates probed for this teacher (nbgraft.profiles)"
         lines.append(
             f"- **Caution, {ds} ({teacher}): {METHOD_LABELS[m]}** scores " + " / ".join(f"{a:.2f}" for a in curve)
             + f"% at N = {', '.join(str(n) for n in g['shots'])} "
-            + (f"(chance {chance:g}%)" if max(curve) < 3 * chance else "(lower with more images)")
-            + (": it did not train properly at learning rates chosen for the VGG16 on CIFAR-10's validation pool"
-               + ("" if ds == "cifar10" else ", reused here untuned") if teacher == "vgg16" else
-               ": it did not train properly at the learning rates probed for this teacher (nbgraft.profiles)")
-            + ". Its gap to NetGraft is not a tuned comparison.")
+            + (f"(chance {chance:g}%)" if max(curve) < 3 * chance else "(lower with more images)") + why
+            + (". Its gap to NetGraft is not a tuned comparison." if (m, teacher, ds) not in tuned else "."))
     return lines

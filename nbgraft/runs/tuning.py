@@ -61,14 +61,18 @@ def _absolute(sched, over: dict) -> dict:
 
 
 def run_tuning(methods=METHODS, dataset: str = "cifar10", profile="cpu", *, teacher: str = "vgg16", seed: int = 0,
-               shots=SHOTS, extend: bool = True, data_root=None, output_root=None, device=None,
-               table_name: str = "tuning") -> pd.DataFrame:
+               shots=SHOTS, extend: bool = True, extensions: int | None = None, data_root=None, output_root=None,
+               device=None, table_name: str = "tuning") -> pd.DataFrame:
     """Every method x grid point x N; returns (and writes) the table with one row per run and the choice.
 
     With `extend`, a method whose choice lies on the edge of its grid (its lowest or highest learning rate,
     its longest length, or its shortest one above MIN_LENGTH) gets the next row or column (x1/3 or x3, x1/2 or
-    x2), until its choice is inside the grid or MAX_EXTENSIONS rounds were added. Rows of the table already
-    written for other methods, data sets or teachers are kept."""
+    x2), until its choice is inside the grid or `extensions` rounds (default MAX_EXTENSIONS) were added: fewer
+    where each round costs more than the machine has (a longer round doubles the longest runs). Rows of the table
+    already written for other methods, data sets or teachers are kept."""
+    extensions = MAX_EXTENSIONS if extensions is None else extensions
+    if extensions < 0:
+        raise ValueError(f"extensions={extensions}: give the number of rounds of grid growth, 0 or more")
     profile, label = get_profile(profile), teacher_label(check_teacher(teacher, dataset))
     path = Path(output_root if output_root is not None else default_output_root()) / "tables" / f"{table_name}.csv"
     before = pd.read_csv(path) if path.is_file() else pd.DataFrame()
@@ -97,7 +101,7 @@ def run_tuning(methods=METHODS, dataset: str = "cifar10", profile="cpu", *, teac
     bar = progress(desc="tuning", leave=True)
     for method in methods:
         lrs, lengths, done = list(LR_SCALES), list(LENGTHS), set()
-        for _ in range(MAX_EXTENSIONS + 1):
+        for _ in range(extensions + 1):
             for lr, length, n in product(lrs, lengths, shots):
                 if (lr, length, n) not in done:
                     run(method, lr, length, n)
@@ -143,6 +147,20 @@ def profile_holds(profile, row) -> bool:
     """Whether the profile's recipe is the grid point `row` (a `choices` row: its main learning rate and length)."""
     now = profile_point(profile, row.method, row.dataset, row.teacher)
     return now["length_value"] == row.length_value and abs(now["lr_value"] - row.lr_value) <= 1e-3 * row.lr_value
+
+
+def tuned_recipes(profile, output_root=None, table_name: str = "tuning") -> dict:
+    """{(method, teacher, data set): the edges of its grid its choice lies on ("" inside)} for every grid choice of
+    the tuning table that `profile` holds: the recipes tuned on their own setting's validation pool ({} before any
+    tuning)."""
+    path = Path(output_root if output_root is not None else default_output_root()) / "tables" / f"{table_name}.csv"
+    if not path.is_file():
+        return {}
+    grid = choices(pd.read_csv(path))
+    edges = on_edge(grid).set_index(["teacher", "dataset", "method"])["edges"]
+    won = grid[grid.chosen].drop_duplicates(["teacher", "dataset", "method"])
+    return {(r.method, r.teacher, r.dataset): edges[(r.teacher, r.dataset, r.method)] for r in won.itertuples()
+            if profile_holds(profile, r)}
 
 
 TIE_POINTS = 0.5  # within this many points of the best, the shortest configuration wins (less than the
