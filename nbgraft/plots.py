@@ -46,8 +46,13 @@ def save_figure(fig, name: str, output_root=None) -> Path:
     return path
 
 
+def table_path(name: str, output_root=None) -> Path:
+    """Where the table `name` lives: <output root>/tables/<name>.csv."""
+    return Path(output_root if output_root is not None else default_output_root()) / "tables" / f"{name}.csv"
+
+
 def save_table(df: pd.DataFrame, name: str, output_root=None) -> Path:
     """outputs/tables/<name>.csv, written atomically."""
-    path = Path(output_root if output_root is not None else default_output_root()) / "tables" / f"{name}.csv"
+    path = table_path(name, output_root)
     atomic_write_bytes(path, df.to_csv(index=False, float_format="%.4g").encode())
     return path

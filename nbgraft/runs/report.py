@@ -118,12 +118,9 @@ def source_rows(runs: list[dict]) -> pd.DataFrame:
 def save_fidelity(rows: pd.DataFrame, output_root=None):
     """Write `tables/fidelity.csv`, replacing only the rows of the teachers in `rows` (chapters add their
     own teacher's rows: chapter 5 the VGG16's, the ResNet chapter the ResNet-56's)."""
-    from pathlib import Path
+    from ..plots import save_table, table_path
 
-    from ..cache import default_output_root
-    from ..plots import save_table
-
-    path = Path(output_root if output_root is not None else default_output_root()) / "tables" / "fidelity.csv"
+    path = table_path("fidelity", output_root)
     old = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=FIDELITY_COLUMNS)
     keep = old[~old["teacher"].isin(set(rows["teacher"]))] if len(old) else old
     table = pd.concat([keep, rows[FIDELITY_COLUMNS]] if len(keep) else [rows[FIDELITY_COLUMNS]])
@@ -146,18 +143,18 @@ def untrained_controls(fidelity: pd.DataFrame, tuned: dict | None = None) -> lis
         curve, chance = g["accuracy_mean"].tolist(), 100 / NUM_CLASSES[ds]
         if max(curve) >= 3 * chance and curve[-1] >= curve[0]:
             continue
+        untuned = ". Its gap to NetGraft is not a tuned comparison."
         if (m, teacher, ds) in tuned:
             edge = tuned[(m, teacher, ds)]
             why = (": it trains poorly even at the schedule its grid chose on this setting's own validation pool"
-                   + (f", on that grid's {edge} edge (a better schedule may lie beyond)" if edge else ""))
+                   + (f", on that grid's {edge} edge (a better schedule may lie beyond)" if edge else "") + ".")
         elif teacher == "vgg16":
             why = (": it did not train properly at learning rates chosen for the VGG16 on CIFAR-10's validation pool"
-                   + ("" if ds == "cifar10" else ", reused here untuned"))
+                   + ("" if ds == "cifar10" else ", reused here untuned") + untuned)
         else:
-            why = ": it did not train properly at the learning rates probed for this teacher (nbgraft.profiles)"
+            why = ": it did not train properly at the learning rates probed for this teacher (nbgraft.profiles)" + untuned
         lines.append(
             f"- **Caution, {ds} ({teacher}): {METHOD_LABELS[m]}** scores " + " / ".join(f"{a:.2f}" for a in curve)
             + f"% at N = {', '.join(str(n) for n in g['shots'])} "
-            + (f"(chance {chance:g}%)" if max(curve) < 3 * chance else "(lower with more images)") + why
-            + (". Its gap to NetGraft is not a tuned comparison." if (m, teacher, ds) not in tuned else "."))
+            + (f"(chance {chance:g}%)" if max(curve) < 3 * chance else "(lower with more images)") + why)
     return lines

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict
-from pathlib import Path
 
 import pandas as pd
 
 from .. import data as D
-from ..cache import cached, default_output_root
+from ..cache import cached
 from ..evaluate import PROBE_SALT, PROBES, label_free_score, teacher_agreement, training_views
-from ..plots import save_table
+from ..plots import save_table, table_path
 from ..profiles import TRANSFER_SOURCE, get_profile, transfer_recipe
 from .netgraft import graft_seeds, load_student
 from .setting import VAL_REPORT_SIZE, prepare, run_entry
@@ -101,7 +100,7 @@ def selection_grid(profile="cpu", settings=SETTINGS, *, run: bool = True, extend
             tables.append(t[(t.dataset == dataset) & (t.teacher == label) & (t.method == METHOD)])
         grid = pd.concat(tables, ignore_index=True)
     else:
-        path = Path(output_root if output_root is not None else default_output_root()) / "tables" / f"{GRID_TABLE}.csv"
+        path = table_path(GRID_TABLE, output_root)
         if not path.is_file():
             return None
         grid = pd.read_csv(path)

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 from dataclasses import fields
 from itertools import product
-from pathlib import Path
 
 import pandas as pd
 
 from .experiments import run_method
 from .teacher import check_teacher, teacher_label
-from ..cache import default_output_root
-from ..plots import save_table
+from ..plots import save_table, table_path
 from ..methods import METHODS
 from ..profiles import get_profile
 from ..training import progress
@@ -74,7 +72,7 @@ def run_tuning(methods=METHODS, dataset: str = "cifar10", profile="cpu", *, teac
     if extensions < 0:
         raise ValueError(f"extensions={extensions}: give the number of rounds of grid growth, 0 or more")
     profile, label = get_profile(profile), teacher_label(check_teacher(teacher, dataset))
-    path = Path(output_root if output_root is not None else default_output_root()) / "tables" / f"{table_name}.csv"
+    path = table_path(table_name, output_root)
     before = pd.read_csv(path) if path.is_file() else pd.DataFrame()
     before = before[[c for c in before.columns if c not in ("val_accuracy_mean_over_n", "chosen")]]
     rows: list[dict] = []
@@ -153,7 +151,7 @@ def tuned_recipes(profile, output_root=None, table_name: str = "tuning") -> dict
     """{(method, teacher, data set): the edges of its grid its choice lies on ("" inside)} for every grid choice of
     the tuning table that `profile` holds: the recipes tuned on their own setting's validation pool ({} before any
     tuning)."""
-    path = Path(output_root if output_root is not None else default_output_root()) / "tables" / f"{table_name}.csv"
+    path = table_path(table_name, output_root)
     if not path.is_file():
         return {}
     grid = choices(pd.read_csv(path))
