@@ -201,11 +201,9 @@ display(Markdown("Each method against the book's recipe on the same draws (point
 # ## What closes the gap
 
 # %% tags=["hide-input"]
-from pathlib import Path  # noqa: E402
-
 from nbgraft.runs import tuning  # noqa: E402
 
-tuning_csv = Path(output_root) / "tables" / "tuning.csv"
+tuning_csv = plots.table_path("tuning", output_root)
 # (method, teacher, data set) whose recipe is what its grid chose on that setting's validation pool -> the edges of
 # that grid its choice lies on ("" inside)
 tuned_on = tuning.tuned_recipes(prof, output_root)

@@ -261,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="the ablations chapter's grid, resumable, into outputs/tables",
                        formatter_class=fmt)
     p.add_argument("--grid", default="default",
-                   help="'default' (fits the profile), 'methods' (the methods table's), 'robustness' (CIFAR-10's "
+                   help="'default' (fits the profile), 'on_request' (the part of the book's grid the CPU book runs only "
+                        "on request: CIFAR-100's ablations), 'methods' (the methods table's), 'robustness' (CIFAR-10's "
                         "comparisons on a second teacher) or 'full' (the paper's grid)")
     p.add_argument("--table", default="06_sweep", help="name of the table written under <output-root>/tables")
     p.add_argument("--executor", default="local", choices=["local", "ray"],

@@ -19,7 +19,7 @@ from nbgraft.models import resnet as R
 from nbgraft.models import vgg as V
 from nbgraft.models.inherit import LeastSquares, fit_exit
 from nbgraft.runs.compare import methods_table, paired_difference, verdict
-from nbgraft.runs.tuning import _extend, choices
+from nbgraft.runs.tuning import _extend, choices, on_edge
 from nbgraft.schedules import BaselineSchedule, FitSchedule
 from helpers import randomise_bn
 
@@ -132,6 +132,19 @@ def test_the_tuning_grid_grows_past_the_edge_its_choice_lies_on(win, grown):
     assert not _extend([1 / 3, 1.0, 3.0], lengths, _grid(1.0, 0.25, lengths=lengths), "m")
 
 
+def test_a_half_run_grid_point_neither_wins_nor_hides_the_edge_its_winner_lies_on():
+    """An interrupted round left one longer point run at N=1 only: it cannot win on half its N, and the winner
+    is still on the longest edge of the lengths tried at its own rate."""
+    grid = _grid(3.0, 2.0)
+    rows = pd.concat([grid.drop(columns=["val_accuracy_mean_over_n", "chosen"]),
+                      pd.DataFrame([{"method": "m", "shots": 1, "lr_scale": 0.3333, "length": 4.0,
+                                     "val_accuracy": 99.0}])], ignore_index=True)
+    table = choices(rows)
+    win = table[table.chosen].iloc[0]
+    assert (win.lr_scale, win.length) == (3.0, 2.0)
+    assert on_edge(table).edges.item() == "highest rate, longest"
+
+
 def test_the_methods_table_pairs_each_method_with_netgraft_on_the_same_seeds():
     acc = {"netgraft": [80.0, 82.0, 84.0], "fskd": [70.0, 73.0, 73.0]}
     runs = pd.DataFrame([{"dataset": "cifar10", "teacher_name": "vgg16", "method": m, "shots": 1, "seed": s,
@@ -208,6 +221,9 @@ def test_the_tuning_grid_grows_as_many_rounds_as_asked(tmp_path, monkeypatch, ex
     monkeypatch.setattr(T, "run_method", fake_run)
     table = T.run_tuning(["kd"], "cifar10", "tiny", output_root=tmp_path, extensions=extensions)
     assert set(table.length) == lengths and set(table.lr_scale) == {0.3333, 1.0, 3.0}
-    assert T.on_edge(table).edges.item() == "longest"
+    edge = T.on_edge(table)
+    assert edge.edges.item() == "longest"
+    # 20 L steps at the longest length L against 10 L at half of it: the last doubling gained 10 L points
+    assert edge.last_doubling_gain.item() == pytest.approx(10 * max(lengths))
     with pytest.raises(ValueError, match="0 or more"):
         T.run_tuning(["kd"], "cifar10", "tiny", output_root=tmp_path, extensions=-1)

@@ -183,6 +183,20 @@ def test_grids():
     assert {(r.dataset, r.seed) for r in small.runs()} == {("cifar10", 0)}
 
 
+def test_the_cpu_book_runs_cifar100_ablations_only_on_request_or_from_the_cache(data_root, tmp_path):
+    default, extra = S.get_grid("default", "cpu").runs(), S.get_grid("on_request", "cpu").runs()
+    variants = set(S.GRAFT_VARIANTS) - {"all_at_once"}  # the whole student at once also runs at N=1 (chapter 9)
+    assert not [r for r in default if r.dataset == "cifar100" and r.method in variants]
+    assert {(r.dataset, r.shots) for r in extra} == {("cifar100", 10)} and {r.method for r in extra} == set(S.ABLATIONS)
+    kw = {"data_root": data_root, "output_root": tmp_path}  # an empty cache
+    assert S.book_grid("cpu", **kw).runs() == default  # nothing cached: left out
+    both = S.book_grid("cpu", run_on_request=True, **kw).runs()
+    assert both == list(dict.fromkeys(default + extra)) and len(both) > len(default)
+    assert S.book_grid("tiny", run_on_request=True, **kw).runs() == S.get_grid("default", "tiny").runs()
+    with pytest.raises(ValueError, match="nothing is on request"):
+        S.get_grid("on_request", "tiny")
+
+
 @pytest.mark.parametrize("spec, message", [
     ({"datasets": "mnist", "shots": [1], "seeds": [0]}, "unknown data set"),
     ({"datasets": "cifar10", "shots": [0], "seeds": [0]}, "shots must be"),

@@ -168,13 +168,16 @@ TIE_POINTS = 0.5  # within this many points of the best, the shortest configurat
 def choices(table: pd.DataFrame) -> pd.DataFrame:
     """The table with, per (teacher, data set, method), the mean validation accuracy over N of each grid point
     and which won: the best mean, or the shortest configuration within TIE_POINTS of it (then the best among
-    those)."""
+    those). A point not yet run at every N of its method's grid (an interrupted tuning) cannot win."""
     who = [c for c in ("teacher", "dataset") if c in table.columns] + ["method"]
     point = [*who, "lr_scale", "length"]
     table = table.drop(columns=[c for c in ("val_accuracy_mean_over_n", "chosen") if c in table.columns])
-    mean = table.groupby(point)["val_accuracy"].mean().rename("val_accuracy_mean_over_n").reset_index()
-    top = mean.groupby(who)["val_accuracy_mean_over_n"].transform("max")
-    near = mean[mean["val_accuracy_mean_over_n"] >= top - TIE_POINTS]
+    stats = table.groupby(point).agg(val_accuracy_mean_over_n=("val_accuracy", "mean"),
+                                     n=("shots", "nunique")).reset_index()
+    mean = stats.drop(columns="n")
+    whole = stats[stats["n"] == stats.groupby(who)["n"].transform("max")]
+    top = whole.groupby(who)["val_accuracy_mean_over_n"].transform("max")
+    near = whole[whole["val_accuracy_mean_over_n"] >= top - TIE_POINTS]
     shortest = near[near["length"] == near.groupby(who)["length"].transform("min")]
     best = shortest.loc[shortest.groupby(who)["val_accuracy_mean_over_n"].idxmax(), point]
     best["chosen"] = True
@@ -186,16 +189,22 @@ def choices(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def on_edge(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per (teacher, data set, method) of a `choices` table: its choice and the edges of its grid that
-    choice lies on ("lowest rate", "highest rate", "longest", "shortest": a better point may lie beyond)."""
+    """One row per (teacher, data set, method) of a `choices` table: its choice, its mean validation accuracy, and
+    the edges of its grid that choice lies on ("lowest rate", "highest rate", "longest", "shortest": a better point
+    may lie beyond); on the longest edge also what the last doubling of length gained at the chosen rate (points),
+    the pace at which a longer grid would go on paying."""
     who = [c for c in ("teacher", "dataset") if c in table.columns] + ["method"]
     rows = []
     for key, g in table.groupby(who, sort=False):
         win = g[g.chosen].iloc[0]
+        row, col = g[g.length == win.length], g[g.lr_scale == win.lr_scale]  # the rates and lengths tried beside it
         edges = [name for name, hit in (
-            ("lowest rate", win.lr_scale == g.lr_scale.min()), ("highest rate", win.lr_scale == g.lr_scale.max()),
-            ("longest", win.length == g.length.max()),
-            ("shortest", win.length == g.length.min() and g.length.min() / 2 >= MIN_LENGTH)) if hit]
+            ("lowest rate", win.lr_scale == row.lr_scale.min()), ("highest rate", win.lr_scale == row.lr_scale.max()),
+            ("longest", win.length == col.length.max()),
+            ("shortest", win.length == col.length.min() and col.length.min() / 2 >= MIN_LENGTH)) if hit]
+        half = g[(g.lr_scale == win.lr_scale) & (g.length == win.length / 2)].val_accuracy_mean_over_n
+        gain = win.val_accuracy_mean_over_n - half.iloc[0] if "longest" in edges and len(half) else float("nan")
         rows.append({**dict(zip(who, key if isinstance(key, tuple) else (key,))), "lr_scale": win.lr_scale,
-                     "length": win.length, "edges": ", ".join(edges)})
+                     "length": win.length, "val_accuracy": win.val_accuracy_mean_over_n, "edges": ", ".join(edges),
+                     "last_doubling_gain": gain})
     return pd.DataFrame(rows)
