@@ -219,8 +219,8 @@ display(Markdown(
     + ("\n\nCIFAR-100's ablations at N = 10 did not run here: on the CPU they cost about 15 minutes of 2 cores, "
        "so the CPU book reads them back only when every run is cached. Run them with `cifar100_ablations=True`, or "
        "`python -m nbgraft sweep --grid on_request --table on_request_runs`, then this chapter again."
-       if prof.name in S.ON_REQUEST and "cifar100" in set(table.dataset) and "cifar100" not in set(diffs.dataset)
-       else "")
+       if grid == "default" and prof.name in S.ON_REQUEST and "cifar100" in set(table.dataset)
+       and not set(S.get_grid("on_request", prof).runs()) <= set(the_grid.runs()) else "")
 ))
 
 # %% [markdown]
