@@ -207,8 +207,6 @@ tuning_csv = plots.table_path("tuning", output_root)
 # (method, teacher, data set) whose recipe is what its grid chose on that setting's validation pool -> the edges of
 # that grid its choice lies on ("" inside)
 tuned_on = tuning.tuned_recipes(prof, output_root)
-if tuning_csv.is_file():
-    t_ = pd.read_csv(tuning_csv)
 
 
 def verdicts(method: str, tuned_only: bool = False) -> pd.Series:
@@ -242,7 +240,7 @@ if {"pruned_kd", "kd_inherited"} <= set(runs.method):
                 + " points below the book's in the same settings.")
     short = []  # where kd_inherited runs shorter or at another rate than its own grid chose (chapter 5's table)
     if tuning_csv.is_file():
-        grid = tuning.choices(t_)
+        grid = tuning.choices(pd.read_csv(tuning_csv))
         edges = tuning.on_edge(grid).set_index(["teacher", "dataset", "method"])["edges"]
         chosen = grid[grid.chosen & (grid.method == "kd_inherited")].drop_duplicates(["teacher", "dataset"])
         for r in chosen.itertuples():
