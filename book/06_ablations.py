@@ -67,6 +67,7 @@ from nbgraft.device import pick_device
 from nbgraft.runs import compare as C
 from nbgraft.runs import report
 from nbgraft.runs import sweep as S
+from nbgraft.runs import tuning
 from nbgraft.runs.experiments import check_parameters
 from nbgraft.profiles import get_profile
 
@@ -292,6 +293,8 @@ else:
             + (" (within two standard deviations)" if a else "") + "."
             for r, g, a in zip(vs.itertuples(), gap, agree)]
     paper = get_profile("paper")
+    late = tuning.behind(prof, output_root)
+    late = late[(late.method == "netgraft_paper") & late.dataset.isin(vs.dataset.unique()) & (late.teacher == "vgg16")]
     display(Markdown(
         "\n".join(rows) + "\n\n"
         + (f"Our result disagrees with the paper's wherever it is lower by more than the spreads allow "
@@ -301,6 +304,9 @@ else:
         + (" with batch norm in its conv blocks" if prof.batch_norm and not paper.batch_norm else "")
         + ", trained here to " + ", ".join(f"{teacher_acc[d]:.1f}% on {d}" for d in vs.dataset.unique())
         + (", and grafting schedules of its own" if prof.recipes != paper.recipes else "")
+        + "".join(f"; on {r.dataset} it runs the paper's recipe at {r.held_length} ({r.held_val_accuracy:.1f}% "
+                  f"on the validation pool, mean over N = 1 and 10), not at its grid's choice ({r.chosen_length} "
+                  f"at block rate {r.chosen_lr:.3g}, {r.chosen_val_accuracy:.1f}%: chapter 5)" for r in late.itertuples())
         + (f"; accuracies are on the first {prof.test_limit} test images" if prof.test_limit else "")
         + ". The absolute numbers are therefore not one-to-one comparable; the distance to the own teacher "
           "(`ours_below_teacher`) is the fairer reading."

@@ -165,7 +165,7 @@ def cmd_sweep(args) -> int:
 
 def cmd_tune(args) -> int:
     from .cache import default_output_root
-    from .runs.tuning import run_tuning
+    from .runs.tuning import run_tuning, table_for
 
     table = run_tuning(args.methods, args.dataset, args.profile, teacher=_teacher(args), extensions=args.extensions,
                        **_kw(args))
@@ -173,7 +173,7 @@ def cmd_tune(args) -> int:
     for r in chosen.itertuples():
         print(f"{r.method:17s} best on the validation pool: learning rates x{r.lr_scale:g}, length x{r.length:g} "
               f"({r.val_accuracy_mean_over_n:.2f}% mean over N)")
-    print(f"table: {args.output_root or default_output_root()}/tables/tuning.csv")
+    print(f"table: {args.output_root or default_output_root()}/tables/{table_for(args.profile)}.csv")
     return 0
 
 

@@ -296,7 +296,7 @@ def test_tuned_recipes_are_the_grid_choices_the_profile_holds(tmp_path):
             for scale in (1 / 3, 1.0, 3.0) for length in (0.5, 1.0, 2.0) for n in (1, 10)]
     rows = [r for r in rows if not (r["method"] == "kd" and r["length"] == 2.0)]  # x1 at 1.0: the recipe itself
     (tmp_path / "tables").mkdir()
-    pd.DataFrame(rows).to_csv(tmp_path / "tables" / "tuning.csv", index=False)
+    pd.DataFrame(rows).to_csv(tmp_path / "tables" / "tuning_tiny.csv", index=False)
     assert T.tuned_recipes("tiny", tmp_path) == {("kd", "vgg16", "cifar10"): "longest"}
 
 

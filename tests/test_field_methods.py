@@ -192,7 +192,7 @@ def test_an_interrupted_tuning_keeps_the_rows_of_every_method_it_did_not_reach(t
     before = pd.DataFrame([{"method": m, "teacher": "vgg16", "dataset": "cifar10", "shots": 1, "seed": 0,
                             "lr_scale": 1.0, "length": 1.0, "lr_value": 0.1, "length_value": "600 steps",
                             "val_accuracy": 60.0, "wall_s": 1.0} for m in ("kd", "scratch")])
-    before.to_csv(tmp_path / "tables" / "tuning.csv", index=False)
+    before.to_csv(tmp_path / "tables" / "tuning_tiny.csv", index=False)
 
     def fake_run(method, *args, **kw):
         if method == "scratch":
@@ -202,7 +202,7 @@ def test_an_interrupted_tuning_keeps_the_rows_of_every_method_it_did_not_reach(t
     monkeypatch.setattr(T, "run_method", fake_run)
     with pytest.raises(KeyboardInterrupt):
         T.run_tuning(["kd", "scratch"], "cifar10", "tiny", output_root=tmp_path, extend=False)
-    table = pd.read_csv(tmp_path / "tables" / "tuning.csv")
+    table = pd.read_csv(tmp_path / "tables" / "tuning_tiny.csv")
     assert set(table[table.method == "kd"].val_accuracy) == {70.0} and (table.method == "kd").sum() == 18
     assert list(table[table.method == "scratch"].val_accuracy) == [60.0]
 
@@ -227,3 +227,62 @@ def test_the_tuning_grid_grows_as_many_rounds_as_asked(tmp_path, monkeypatch, ex
     assert edge.last_doubling_gain.item() == pytest.approx(10 * max(lengths))
     with pytest.raises(ValueError, match="0 or more"):
         T.run_tuning(["kd"], "cifar10", "tiny", output_root=tmp_path, extensions=-1)
+
+
+def test_a_tuning_resumes_from_its_table_where_the_cache_is_gone(tmp_path, monkeypatch):
+    """The table is the record: a grid point it lists for the same recipe is read back, not run again (a fresh
+    checkout has the table but no cache); a row of another recipe (its fingerprint differs) is run afresh."""
+    from nbgraft.runs import tuning as T
+
+    calls = []
+
+    def fake_run(method, dataset, shots, seed, profile, **over):
+        calls.append((shots, over.get("lr"), over.get("steps")))
+        return {"val_accuracy": 40.0 + shots, "wall_s": 2.0}
+
+    monkeypatch.setattr(T, "run_method", fake_run)
+    first = T.run_tuning(["kd"], "cifar10", "tiny", output_root=tmp_path, extend=False)
+    assert len(calls) == 18 and first.recipe.nunique() == 9  # one fingerprint per grid point
+    # each profile tunes into its own table: the CPU book's `tuning.csv` is never touched by another profile
+    assert T.table_for("cpu") == "tuning" and not (tmp_path / "tables" / "tuning.csv").exists()
+    table = pd.read_csv(tmp_path / "tables" / "tuning_tiny.csv")
+    table.loc[(table.lr_scale == 1) & (table.length == 1) & (table.shots == 10), "val_accuracy"] = 77.0
+    other = (table.lr_scale == 3) & (table.length == 2) & (table.shots == 1)
+    table.loc[other, "recipe"] = "another recipe"
+    table.to_csv(tmp_path / "tables" / "tuning_tiny.csv", index=False)
+
+    calls.clear()
+    again = T.run_tuning(["kd"], "cifar10", "tiny", output_root=tmp_path, extend=False)
+    assert calls == [(1, pytest.approx(3 * T.profile_point("tiny", "kd", "cifar10", "vgg16")["lr_value"]), 40)]
+    kept = again[(again.lr_scale == 1) & (again.length == 1) & (again.shots == 10)]
+    assert kept.val_accuracy.item() == 77.0 and len(again) == 18
+    # rows written before the table kept fingerprints match on rate and length alone
+    table = pd.read_csv(tmp_path / "tables" / "tuning_tiny.csv").drop(columns=["recipe"])
+    table.to_csv(tmp_path / "tables" / "tuning_tiny.csv", index=False)
+    calls.clear()
+    T.run_tuning(["kd"], "cifar10", "tiny", output_root=tmp_path, extend=False)
+    assert calls == []
+
+
+def test_behind_names_every_grid_choice_the_profile_does_not_hold(tmp_path, monkeypatch):
+    """A grid that chose twice the profile's steps is reported with both points' pool accuracies and its edge;
+    once the grid's choice is the profile's own point, nothing is behind."""
+    from nbgraft.runs import tuning as T
+
+    def fake_run(method, dataset, shots, seed, profile, **over):
+        return {"val_accuracy": 50.0 + over.get("steps", 20) / 2 - 5.0 * ("lr" in over), "wall_s": 1.0}
+
+    monkeypatch.setattr(T, "run_method", fake_run)
+    assert T.behind("tiny", tmp_path).empty  # no table yet
+    T.run_tuning(["kd"], "cifar10", "tiny", output_root=tmp_path, extend=False)
+    late = T.behind("tiny", tmp_path)
+    now = T.profile_point("tiny", "kd", "cifar10", "vgg16")
+    assert len(late) == 1 and late.method.item() == "kd" and late.edges.item() == "longest"
+    assert late.held_length.item() == now["length_value"] == "20 steps" and late.chosen_length.item() == "40 steps"
+    assert late.held_val_accuracy.item() == 60.0 and late.chosen_val_accuracy.item() == 70.0
+
+    monkeypatch.setattr(T, "run_method", lambda method, dataset, shots, seed, profile, **over:
+                        {"val_accuracy": 60.0 - 5.0 * bool({"lr", "steps"} & set(over)), "wall_s": 1.0})
+    (tmp_path / "tables" / "tuning_tiny.csv").unlink()
+    T.run_tuning(["kd"], "cifar10", "tiny", output_root=tmp_path, extend=False)
+    assert T.behind("tiny", tmp_path).empty

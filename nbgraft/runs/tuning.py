@@ -6,18 +6,22 @@ doubled, nine configurations, each run at 1 and 10 shots on the first seed, grow
 lies on (`extend`). The configuration with the best mean validation accuracy (or the shortest within half a
 point of it) is the one the profile should hold: the x1 / x1 point when the profile is up to date. The test
 set is never read here. Runs are cached like any other, and the table is rewritten after each, so an
-interrupted tuning resumes.
+interrupted tuning resumes. The table is also the record a tuning resumes from: a grid point it already lists
+for the same recipe is read back, not run again, even where the cache is gone (a fresh checkout). Each profile
+has its own table (`table_for`).
 """
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import asdict, fields, replace
 from itertools import product
 
+import numpy as np
 import pandas as pd
 
 from .experiments import run_method
 from .teacher import check_teacher, teacher_label
+from ..cache import config_hash
 from ..plots import save_table, table_path
 from ..methods import METHODS
 from ..profiles import get_profile
@@ -60,7 +64,7 @@ def _absolute(sched, over: dict) -> dict:
 
 def run_tuning(methods=METHODS, dataset: str = "cifar10", profile="cpu", *, teacher: str = "vgg16", seed: int = 0,
                shots=SHOTS, extend: bool = True, extensions: int | None = None, data_root=None, output_root=None,
-               device=None, table_name: str = "tuning") -> pd.DataFrame:
+               device=None, table_name: str | None = None) -> pd.DataFrame:
     """Every method x grid point x N; returns (and writes) the table with one row per run and the choice.
 
     With `extend`, a method whose choice lies on the edge of its grid (its lowest or highest learning rate,
@@ -72,6 +76,7 @@ def run_tuning(methods=METHODS, dataset: str = "cifar10", profile="cpu", *, teac
     if extensions < 0:
         raise ValueError(f"extensions={extensions}: give the number of rounds of grid growth, 0 or more")
     profile, label = get_profile(profile), teacher_label(check_teacher(teacher, dataset))
+    table_name = table_name or table_for(profile)
     path = table_path(table_name, output_root)
     before = pd.read_csv(path) if path.is_file() else pd.DataFrame()
     before = before[[c for c in before.columns if c not in ("val_accuracy_mean_over_n", "chosen")]]
@@ -82,17 +87,20 @@ def run_tuning(methods=METHODS, dataset: str = "cifar10", profile="cpu", *, teac
         once it has some (an interrupted tuning loses no method's rows)."""
         new = {r["method"] for r in rows}
         if not len(before):
-            return pd.DataFrame(rows)
+            return _ordered(pd.DataFrame(rows))
         old = before[~(before["method"].isin(new) & (before["dataset"] == dataset) & (before["teacher"] == label))]
-        return pd.concat([old, pd.DataFrame(rows)], ignore_index=True)
+        return _ordered(pd.concat([old, pd.DataFrame(rows)], ignore_index=True))
 
     def run(method, lr, length, n):
         sched = profile.recipe(method, dataset, teacher)
         over = overrides(sched, lr, length)
-        m = run_method(method, dataset, n, seed, profile, teacher=teacher, data_root=data_root,
-                       output_root=output_root, device=device, **over)
-        rows.append({"method": method, "teacher": label, "dataset": dataset, "shots": n, "seed": seed,
-                     "lr_scale": round(lr, 4), "length": length, **_absolute(sched, over),
+        who = {"method": method, "teacher": label, "dataset": dataset, "shots": n, "seed": seed}
+        point = {**_absolute(sched, over), "recipe": config_hash(asdict(replace(sched, **over)))}
+        m = _recorded(before, who, point)
+        if m is None:
+            m = run_method(method, dataset, n, seed, profile, teacher=teacher, data_root=data_root,
+                           output_root=output_root, device=device, **over)
+        rows.append({**who, "lr_scale": round(lr, 4), "length": length, **point,
                      "val_accuracy": m["val_accuracy"], "wall_s": m["wall_s"]})
         save_table(merged(), table_name, output_root)
 
@@ -109,6 +117,23 @@ def run_tuning(methods=METHODS, dataset: str = "cifar10", profile="cpu", *, teac
                 break
     bar.close()
     return choices(merged())
+
+
+def _recorded(table: pd.DataFrame, who: dict, point: dict) -> dict | None:
+    """The result the table already holds for this grid point (same method, setting, N, seed, rate, length and
+    recipe fingerprint), or None. Rows written before the table kept a fingerprint match on rate and length: their
+    recipes' other fields were the profile's then, as now."""
+    if not len(table):
+        return None
+    same = np.ones(len(table), dtype=bool)
+    for k, v in who.items():
+        same &= (table[k] == v).to_numpy()
+    same &= (table["length_value"] == point["length_value"]).to_numpy()
+    same &= _same_rate(table["lr_value"], point["lr_value"])
+    if "recipe" in table.columns:
+        same &= (table["recipe"].isna() | (table["recipe"] == point["recipe"])).to_numpy()
+    hit = table[same]
+    return None if hit.empty else {"val_accuracy": hit["val_accuracy"].iloc[-1], "wall_s": hit["wall_s"].iloc[-1]}
 
 
 MAX_EXTENSIONS = 3  # rounds of grid growth per method
@@ -144,14 +169,26 @@ def profile_point(profile, method: str, dataset: str, teacher: str) -> dict:
 def profile_holds(profile, row) -> bool:
     """Whether the profile's recipe is the grid point `row` (a `choices` row: its main learning rate and length)."""
     now = profile_point(profile, row.method, row.dataset, row.teacher)
-    return now["length_value"] == row.length_value and abs(now["lr_value"] - row.lr_value) <= 1e-3 * row.lr_value
+    return now["length_value"] == row.length_value and bool(_same_rate(row.lr_value, now["lr_value"]))
 
 
-def tuned_recipes(profile, output_root=None, table_name: str = "tuning") -> dict:
+def _same_rate(values, rate: float):
+    """Whether learning rates (a column of the table, which writes them with 4 significant digits) are `rate`."""
+    return np.isclose(np.asarray(values, dtype=float), rate, rtol=1e-3, atol=0)
+
+
+def table_for(profile) -> str:
+    """The name of a profile's tuning table: `tuning` for the CPU book's profile, `tuning_<profile>` for any other,
+    so that tuning another profile (on a GPU, say) neither mixes with nor overwrites the CPU book's choices."""
+    name = get_profile(profile).name
+    return "tuning" if name == "cpu" else f"tuning_{name}"
+
+
+def tuned_recipes(profile, output_root=None, table_name: str | None = None) -> dict:
     """{(method, teacher, data set): the edges of its grid its choice lies on ("" inside)} for every grid choice of
     the tuning table that `profile` holds: the recipes tuned on their own setting's validation pool ({} before any
     tuning)."""
-    path = table_path(table_name, output_root)
+    path = table_path(table_name or table_for(profile), output_root)
     if not path.is_file():
         return {}
     grid = choices(pd.read_csv(path))
@@ -159,6 +196,35 @@ def tuned_recipes(profile, output_root=None, table_name: str = "tuning") -> dict
     won = grid[grid.chosen].drop_duplicates(["teacher", "dataset", "method"])
     return {(r.method, r.teacher, r.dataset): edges[(r.teacher, r.dataset, r.method)] for r in won.itertuples()
             if profile_holds(profile, r)}
+
+
+def behind(profile, output_root=None, table_name: str | None = None) -> pd.DataFrame:
+    """One row per grid choice the profile does not hold (it keeps another point, most often a shorter one the CPU
+    book's budget allows): the method and setting, the profile's point and the grid's choice in plain numbers with
+    their pool accuracies (the profile's NaN where the grid never ran it), and the edges the choice lies on. What
+    the book must say beside every number of such a method (empty before any tuning)."""
+    columns = ["method", "teacher", "dataset", "held_lr", "held_length", "held_val_accuracy", "chosen_lr",
+               "chosen_length", "chosen_val_accuracy", "edges"]
+    path = table_path(table_name or table_for(profile), output_root)
+    if not path.is_file():
+        return pd.DataFrame(columns=columns)
+    profile, grid = get_profile(profile), choices(pd.read_csv(path))
+    edges = on_edge(grid).set_index(["teacher", "dataset", "method"])["edges"]
+    rows = []
+    for r in grid[grid.chosen].drop_duplicates(["teacher", "dataset", "method"]).itertuples():
+        if profile_holds(profile, r):
+            continue
+        now = profile_point(profile, r.method, r.dataset, r.teacher)
+        g = grid[(grid.teacher == r.teacher) & (grid.dataset == r.dataset) & (grid.method == r.method)
+                 & (grid.length_value == now["length_value"])
+                 & _same_rate(grid.lr_value, now["lr_value"])]
+        rows.append({"method": r.method, "teacher": r.teacher, "dataset": r.dataset, "held_lr": now["lr_value"],
+                     "held_length": now["length_value"],
+                     "held_val_accuracy": g.val_accuracy_mean_over_n.iloc[0] if len(g) else float("nan"),
+                     "chosen_lr": r.lr_value, "chosen_length": r.length_value,
+                     "chosen_val_accuracy": r.val_accuracy_mean_over_n,
+                     "edges": edges[(r.teacher, r.dataset, r.method)]})
+    return pd.DataFrame(rows, columns=columns)
 
 
 TIE_POINTS = 0.5  # within this many points of the best, the shortest configuration wins (less than the
@@ -183,9 +249,14 @@ def choices(table: pd.DataFrame) -> pd.DataFrame:
     best["chosen"] = True
     out = table.merge(mean, on=point).merge(best, on=point, how="left")
     out["chosen"] = out["chosen"].fillna(False).astype(bool)
+    return _ordered(out)
+
+
+def _ordered(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows by setting, method (in the book's order), rate, length and N: a re-tuned method's rows stay in place."""
     order = {m: k for k, m in enumerate(METHODS)}
-    return out.sort_values([*who, "lr_scale", "length", "shots"], key=lambda c: c.map(order) if c.name == "method"
-                           else c).reset_index(drop=True)
+    by = [c for c in ("teacher", "dataset", "method", "lr_scale", "length", "shots") if c in table.columns]
+    return table.sort_values(by, key=lambda c: c.map(order) if c.name == "method" else c).reset_index(drop=True)
 
 
 def on_edge(table: pd.DataFrame) -> pd.DataFrame:
