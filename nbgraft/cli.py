@@ -165,11 +165,15 @@ def cmd_sweep(args) -> int:
 
 def cmd_tune(args) -> int:
     from .cache import default_output_root
+    from .runs.teacher import check_teacher, teacher_label
     from .runs.tuning import run_tuning, table_for
 
-    table = run_tuning(args.methods, args.dataset, args.profile, teacher=_teacher(args), extensions=args.extensions,
+    teacher = _teacher(args)
+    table = run_tuning(args.methods, args.dataset, args.profile, teacher=teacher, extensions=args.extensions,
                        **_kw(args))
-    chosen = table[table.chosen].drop_duplicates("method")
+    label = teacher_label(check_teacher(teacher, args.dataset))  # the table holds every setting: print this one's
+    chosen = table[table.chosen & table.method.isin(args.methods) & (table.dataset == args.dataset)
+                   & (table.teacher == label)].drop_duplicates("method")
     for r in chosen.itertuples():
         print(f"{r.method:17s} best on the validation pool: learning rates x{r.lr_scale:g}, length x{r.length:g} "
               f"({r.val_accuracy_mean_over_n:.2f}% mean over N)")

@@ -286,3 +286,22 @@ def test_behind_names_every_grid_choice_the_profile_does_not_hold(tmp_path, monk
     (tmp_path / "tables" / "tuning_tiny.csv").unlink()
     T.run_tuning(["kd"], "cifar10", "tiny", output_root=tmp_path, extend=False)
     assert T.behind("tiny", tmp_path).empty
+
+
+def test_nbgraft_tune_prints_the_choices_of_the_setting_it_tuned(tmp_path, monkeypatch, capsys):
+    """The table holds every setting's grids; the command reports the one it was asked for, and its table's path."""
+    from nbgraft.cli import main
+    from nbgraft.runs import tuning as T
+
+    monkeypatch.setattr(T, "run_method", lambda method, dataset, shots, seed, profile, **over:
+                        {"val_accuracy": 60.0 - 5.0 * bool({"lr", "steps"} & set(over)), "wall_s": 1.0})
+    (tmp_path / "tables").mkdir()
+    other = pd.DataFrame([{"method": "kd", "teacher": "resnet56", "dataset": "cifar10", "shots": n, "seed": 0,
+                           "lr_scale": 1.0, "length": 1.0, "lr_value": 1e-3, "length_value": "300 steps",
+                           "val_accuracy": 99.0, "wall_s": 1.0} for n in (1, 10)])
+    other.to_csv(tmp_path / "tables" / "tuning_tiny.csv", index=False)
+    assert main(["tune", "--profile", "tiny", "--methods", "kd", "--extensions", "0",
+                 "--output-root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "60.00% mean over N" in out and "99.00" not in out and "tables/tuning_tiny.csv" in out
+    assert set(pd.read_csv(tmp_path / "tables" / "tuning_tiny.csv").teacher) == {"resnet56", "vgg16"}
