@@ -188,14 +188,19 @@ def tuned_recipes(profile, output_root=None, table_name: str | None = None) -> d
     """{(method, teacher, data set): the edges of its grid its choice lies on ("" inside)} for every grid choice of
     the tuning table that `profile` holds: the recipes tuned on their own setting's validation pool ({} before any
     tuning)."""
-    path = table_path(table_name or table_for(profile), output_root)
-    if not path.is_file():
-        return {}
-    grid = choices(pd.read_csv(path))
-    edges = on_edge(grid).set_index(["teacher", "dataset", "method"])["edges"]
-    won = grid[grid.chosen].drop_duplicates(["teacher", "dataset", "method"])
+    _, won, edges = _winners(profile, output_root, table_name)
     return {(r.method, r.teacher, r.dataset): edges[(r.teacher, r.dataset, r.method)] for r in won.itertuples()
             if profile_holds(profile, r)}
+
+
+def _winners(profile, output_root, table_name):
+    """A profile's tuning table with its choices, one winner row per (teacher, data set, method), and each winner's
+    edges by (teacher, data set, method); all empty before any tuning."""
+    path = table_path(table_name or table_for(profile), output_root)
+    grid = choices(pd.read_csv(path)) if path.is_file() else pd.DataFrame(columns=["teacher", "dataset", "method",
+                                                                                   "chosen"])
+    edges = on_edge(grid).set_index(["teacher", "dataset", "method"])["edges"] if len(grid) else {}
+    return grid, grid[grid.chosen.astype(bool)].drop_duplicates(["teacher", "dataset", "method"]), edges
 
 
 def behind(profile, output_root=None, table_name: str | None = None) -> pd.DataFrame:
@@ -205,13 +210,9 @@ def behind(profile, output_root=None, table_name: str | None = None) -> pd.DataF
     the book must say beside every number of such a method (empty before any tuning)."""
     columns = ["method", "teacher", "dataset", "held_lr", "held_length", "held_val_accuracy", "chosen_lr",
                "chosen_length", "chosen_val_accuracy", "edges"]
-    path = table_path(table_name or table_for(profile), output_root)
-    if not path.is_file():
-        return pd.DataFrame(columns=columns)
-    profile, grid = get_profile(profile), choices(pd.read_csv(path))
-    edges = on_edge(grid).set_index(["teacher", "dataset", "method"])["edges"]
-    rows = []
-    for r in grid[grid.chosen].drop_duplicates(["teacher", "dataset", "method"]).itertuples():
+    grid, won, edges = _winners(profile, output_root, table_name)
+    profile, rows = get_profile(profile), []
+    for r in won.itertuples():
         if profile_holds(profile, r):
             continue
         now = profile_point(profile, r.method, r.dataset, r.teacher)
